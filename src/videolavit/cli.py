@@ -1,0 +1,128 @@
+"""``videolavit <stage> [key=value ...]``: one subcommand per stage, plus sweep, generate, show-motion and config."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from typing import Optional, Sequence
+
+from videolavit.config import STAGES
+from videolavit.errors import VideolavitError
+
+
+def _stage_module(stage: str):
+    try:
+        return importlib.import_module(f"videolavit.stages.{stage}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"videolavit.stages.{stage}":
+            raise VideolavitError(f"stage '{stage}' is not implemented in this version of videolavit") from None
+        raise
+
+
+def run_stage(stage: str, overrides: Sequence[str] = (), profile: Optional[str] = None) -> dict:
+    from videolavit.config import load_config
+
+    cfg = load_config(profile=profile, stage=stage, overrides=overrides)
+    return _stage_module(stage).run(cfg)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. motion_tokenizer.train.max_steps=50")
+    p.add_argument("--profile", default=None, help="tiny (default) or paper, or a path to a profile YAML")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videolavit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for stage in STAGES:
+        p = sub.add_parser(stage, help=f"run the {stage} stage")
+        _add_common(p)
+        if stage == "decompose":
+            p.add_argument("--shard", default=None, metavar="i/n", help="process only shard i of n of the videos")
+
+    p = sub.add_parser("sweep", help="an Optuna study over a stage's hyperparameters")
+    p.add_argument("target", help="the stage to sweep (motion_tokenizer, visual_tokenizer)")
+    _add_common(p)
+
+    p = sub.add_parser("show-motion", help="draw a video's motion field over its keyframe (PNG) or as a GIF")
+    p.add_argument("video")
+    p.add_argument("--out", required=True, help="output .png (one frame of arrows) or .gif (the whole clip)")
+    p.add_argument("--clip", type=int, default=0, help="which clip of the video (default 0)")
+    p.add_argument("--frame", type=int, default=1, help="which frame of the clip for a PNG (default 1)")
+    _add_common(p)
+
+    p = sub.add_parser("generate", help="text → video, image → video, long video, question answering")
+    p.add_argument("prompt")
+    p.add_argument("--out", default=None)
+    _add_common(p)
+
+    p = sub.add_parser("config", help="print the merged configuration")
+    p.add_argument("--stage", default=None)
+    _add_common(p)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except VideolavitError as exc:
+        print(f"videolavit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("videolavit: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    if args.command in STAGES:
+        if getattr(args, "shard", None):
+            overrides.append(f"decompose.shard={args.shard}")
+        metrics = run_stage(args.command, overrides, profile=args.profile)
+        print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}, indent=2))
+        return 0
+    if args.command == "config":
+        from omegaconf import OmegaConf
+
+        from videolavit.config import load_config
+
+        print(OmegaConf.to_yaml(load_config(profile=args.profile, stage=args.stage, overrides=overrides)))
+        return 0
+    if args.command == "show-motion":
+        from videolavit.config import load_config
+        from videolavit.video.visualize import show_motion
+
+        cfg = load_config(profile=args.profile, overrides=overrides)
+        out = show_motion(args.video, args.out, config=cfg, clip=args.clip, frame=args.frame)
+        print(out)
+        return 0
+    if args.command == "sweep":
+        from videolavit.config import load_config
+        from videolavit.sweep import run_sweep
+
+        cfg = load_config(profile=args.profile, stage="sweep", overrides=[o for o in overrides if not _is_sweep_key(o)])
+        result = run_sweep(args.target, cfg, [o for o in overrides if _is_sweep_key(o)])
+        print(json.dumps(result, indent=2, default=str))
+        return 0
+    if args.command == "generate":
+        from videolavit.config import load_config
+        from videolavit.generate import generate_cli
+
+        cfg = load_config(profile=args.profile, overrides=overrides)
+        print(generate_cli(cfg, args.prompt, args.out))
+        return 0
+    raise VideolavitError(f"unknown command {args.command}")
+
+
+_SWEEP_KEYS = ("trials", "mode", "storage", "study", "objectives", "pruning", "space", "out")
+
+
+def _is_sweep_key(override: str) -> bool:
+    return override.split("=", 1)[0] in _SWEEP_KEYS
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,288 @@
+"""Configuration: typed schemas and the merge order every stage uses.
+
+Merge order (later wins): schema defaults → ``conf/base.yaml`` → ``conf/stage/*.yaml`` → ``conf/profile/<profile>.yaml``
+→ ``params.yaml`` (the keys DVC tracks) → CLI ``key=value`` overrides.
+
+Stage files come *before* the profile so that a profile (``paper``) can override any stage default; see README.
+Every key is checked against the schema: an unknown key raises :class:`ConfigError` listing the valid keys there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from videolavit.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+PROFILES = ("tiny", "paper")
+STAGES = (
+    "corpus",
+    "decompose",
+    "motion_tokenizer",
+    "visual_tokenizer",
+    "tokenize",
+    "detokenizer",
+    "pretrain",
+    "instruct",
+    "evaluators",
+    "evaluate",
+    "report",
+)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Schemas. One dataclass per section; a section's docstring says what it configures.
+
+
+@dataclass
+class PathsConfig:
+    """Where stages read and write, relative to the project root (the working directory)."""
+
+    corpus: str = "data/corpus"
+    clips: str = "data/clips"
+    tokens: str = "data/tokens"
+    models: str = "models"
+    metrics: str = "metrics"
+    reports: str = "reports"
+    runs: str = "runs"  # checkpoints (last.ckpt) and per-run scratch, persisted by DVC
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow. ``uri`` None means env ``MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db`` in the project root."""
+
+    enabled: bool = True
+    uri: Optional[str] = None
+    experiment: str = "videolavit"
+    run_name: Optional[str] = None
+
+
+@dataclass
+class ComputeConfig:
+    """Lightning hardware settings shared by every training stage (a stage may override strategy/precision)."""
+
+    accelerator: str = "cpu"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    num_workers: int = 0
+    threads: Optional[int] = None  # torch.set_num_threads; None leaves torch's default
+
+
+@dataclass
+class VideoConfig:
+    """Decomposition contract (paper §1): 6 fps, MPEG-4 Part 2 re-encode, GOP 12, 24-frame clips, macroblock motion."""
+
+    fps: float = 6.0
+    clip_frames: int = 24
+    gop: int = 12
+    encode_width: int = 576  # multiple of 16: 576×320 has a 36×20 macroblock grid
+    encode_height: int = 320
+    bitrate: int = 8_000_000
+    motion_height: int = 20  # tokenizer input grid (paper: 20×36)
+    motion_width: int = 36
+    motion_std: list = field(default_factory=lambda: [0.0993703, 0.1130276])
+    motion_rescale: float = 10.0  # the official "rescale" path multiplies normalized motion by 10
+    keyframe_size: int = 224
+    clip_policy: str = "all"  # all | every_other | max
+    max_clips: Optional[int] = None  # with clip_policy=max: keep at most this many, uniformly spread
+    max_source_frames: Optional[int] = None  # stop decoding after this many source frames (None: whole video)
+
+
+@dataclass
+class CorpusConfig:
+    """The corpus stage: the synthetic corpus, or an importer for a real dataset layout."""
+
+    source: str = "synthetic"  # synthetic | webvid | msrvtt | msvd_qa | msrvtt_qa | llava | videochatgpt
+    seed: int = 0
+    train_videos: int = 96
+    val_videos: int = 16
+    test_videos: int = 16
+    images: int = 64
+    width: int = 256
+    height: int = 160
+    fps: float = 12.0  # source frame rate; deliberately not 6 so resampling is exercised
+    min_clips: int = 1
+    max_clips: int = 3
+    import_path: Optional[str] = None  # annotation file of a real dataset (CSV or JSON)
+    media_dir: Optional[str] = None  # where the real dataset's videos/images are
+
+
+@dataclass
+class DecomposeConfig:
+    """The decompose stage: corpus videos → WebDataset clip shards, stats.json, rejects.jsonl."""
+
+    workers: int = 2
+    clips_per_shard: int = 512
+    max_reject_ratio: float = 0.2
+    shard: str = "0/1"  # i/n: this process handles videos whose index % n == i
+
+
+@dataclass
+class Config:
+    profile: str = "tiny"
+    seed: int = 0
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    decompose: DecomposeConfig = field(default_factory=DecomposeConfig)
+
+
+# Later stages register their section here (name → dataclass) so the schema grows without editing Config.
+_EXTRA_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, schema: type) -> None:
+    """Add a top-level config section with its typed schema (called at import of videolavit.schemas)."""
+    _EXTRA_SECTIONS[name] = schema
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _schema() -> DictConfig:
+    import videolavit.schemas  # noqa: F401  (registers the stage sections)
+
+    base = OmegaConf.structured(Config)
+    OmegaConf.set_struct(base, False)
+    for name, schema in _EXTRA_SECTIONS.items():
+        base[name] = OmegaConf.structured(schema)
+    OmegaConf.set_struct(base, True)
+    return base
+
+
+def _valid_keys(node: Any) -> list[str]:
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _check_keys(schema: DictConfig, update: Any, source: str, prefix: str = "") -> None:
+    """Raise ConfigError for the first key in ``update`` the schema does not know, listing the valid ones."""
+    if not isinstance(update, (dict, DictConfig)):
+        return
+    for key, value in update.items():
+        path = f"{prefix}{key}"
+        if not isinstance(schema, DictConfig) or key not in schema:
+            where = prefix.rstrip(".") or "the top level"
+            raise ConfigError(
+                f"unknown config key '{path}' (from {source}). Valid keys at {where}: {', '.join(_valid_keys(schema))}"
+            )
+        child = schema._get_node(key)
+        if isinstance(child, DictConfig) and isinstance(value, (dict, DictConfig)):
+            _check_keys(child, value, source, prefix=f"{path}.")
+
+
+def _merge(cfg: DictConfig, update: Any, source: str) -> DictConfig:
+    if update is None:
+        return cfg
+    if isinstance(update, (DictConfig, ListConfig)):
+        update = OmegaConf.to_container(update, resolve=False)
+    _check_keys(cfg, update, source)
+    try:
+        return OmegaConf.merge(cfg, update)
+    except Exception as exc:  # omegaconf validation error: wrong type for a key
+        raise ConfigError(f"invalid value in {source}: {exc}") from None
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+
+
+def parse_overrides(overrides: Iterable[str]) -> dict:
+    """Turn ``["a.b=1", "c=x"]`` into a nested dict; values are parsed as YAML (numbers, bools, lists)."""
+    out: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        key, value = item.split("=", 1)
+        key = key.strip().lstrip("+")
+        if not key:
+            raise ConfigError(f"override '{item}' has an empty key")
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"]), resolve=False)
+        out = OmegaConf.to_container(OmegaConf.merge(out, parsed), resolve=False)
+    return out
+
+
+def load_config(
+    profile: Optional[str] = None,
+    stage: Optional[str] = None,
+    overrides: Iterable[str] = (),
+    params_file: Optional[str | os.PathLike] = "params.yaml",
+) -> DictConfig:
+    """The merged, validated configuration.
+
+    ``profile`` None takes ``profile`` from params.yaml or the overrides, else ``tiny``. ``stage`` is recorded as
+    ``cfg.stage`` (it selects nothing else: every stage sees the whole tree so it can read its inputs' settings).
+    ``params_file`` is read when it exists (relative to the working directory); pass None to skip it.
+    """
+    overrides = list(overrides)
+    cli = parse_overrides(overrides)
+    params = None
+    if params_file is not None and Path(params_file).is_file():
+        params = _read_yaml(Path(params_file)) or {}
+    if profile is None:
+        profile = cli.get("profile") or (params or {}).get("profile") or "tiny"
+    if profile not in PROFILES and not Path(str(profile)).is_file():
+        raise ConfigError(f"unknown profile '{profile}'. Valid profiles: {', '.join(PROFILES)} (or a path to a YAML file)")
+    if stage is not None and stage not in STAGES and stage != "sweep":
+        raise ConfigError(f"unknown stage '{stage}'. Valid stages: {', '.join(STAGES)}")
+
+    cfg = _schema()
+    cfg = _merge(cfg, _read_yaml(CONF_DIR / "base.yaml"), "conf/base.yaml")
+    for stage_file in sorted((CONF_DIR / "stage").glob("*.yaml")):
+        cfg = _merge(cfg, _read_yaml(stage_file), f"conf/stage/{stage_file.name}")
+    profile_path = Path(str(profile)) if Path(str(profile)).is_file() else CONF_DIR / "profile" / f"{profile}.yaml"
+    cfg = _merge(cfg, _read_yaml(profile_path), f"profile '{profile}'")
+    if params:
+        params = dict(params)
+        params.pop("profile", None)  # the profile was chosen above; params must not silently switch it
+        cfg = _merge(cfg, params, str(params_file))
+    cli.pop("profile", None)
+    cfg = _merge(cfg, cli, "command-line overrides")
+    with_flag = OmegaConf.create({"stage": stage}, flags={"allow_objects": True})
+    OmegaConf.set_struct(cfg, False)
+    cfg.profile = str(profile)
+    cfg.stage = with_flag.stage
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def to_flat_dict(cfg: DictConfig) -> dict[str, Any]:
+    """``{"video.fps": 6.0, ...}``: the flattened form logged to MLflow as params."""
+    flat: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            flat[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return flat
+
+
+def section_kwargs(section: Any) -> dict[str, Any]:
+    """A config section as plain keyword arguments (for building a model from its config)."""
+    if isinstance(section, DictConfig):
+        return OmegaConf.to_container(section, resolve=True)
+    if dataclasses.is_dataclass(section):
+        return dataclasses.asdict(section)
+    return dict(section)
+
+
+def project_path(cfg: DictConfig, key: str, *parts: str) -> Path:
+    """``cfg.paths.<key>`` joined with ``parts``, relative to the working directory (the project root)."""
+    return Path(getattr(cfg.paths, key)).joinpath(*parts)

@@ -1,0 +1,52 @@
+"""Errors a user can act on. Each names the thing that is wrong and, where it helps, what would be right."""
+
+from __future__ import annotations
+
+
+class VideolavitError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(VideolavitError):
+    """A configuration key or value is wrong (unknown key, bad type, missing local path)."""
+
+
+class VideoError(VideolavitError):
+    """A video could not be decomposed. ``path`` names the file; the message says what is wrong with it."""
+
+    def __init__(self, path, message: str):
+        self.path = str(path)
+        self.reason = message
+        super().__init__(f"{self.path}: {message}")
+
+
+class VideoNotFoundError(VideoError):
+    """The file does not exist."""
+
+
+class EmptyVideoError(VideoError):
+    """The file is empty (zero bytes)."""
+
+
+class UnreadableVideoError(VideoError):
+    """No demuxer or decoder could open the file (not a video, or the header is broken)."""
+
+
+class NoVideoStreamError(VideoError):
+    """The container opens but holds no video stream (for example audio only)."""
+
+
+class CorruptVideoError(VideoError):
+    """Decoding failed part way (truncated file, broken packets)."""
+
+
+class VideoTooShortError(VideoError):
+    """The video decodes but yields fewer frames than one clip needs."""
+
+
+class CorpusError(VideolavitError):
+    """A corpus manifest or an imported dataset file is malformed."""
+
+
+class MissingArtifactError(VideolavitError):
+    """A stage needs the output of an earlier stage (or a pretrained local path) that is not there."""

@@ -1,0 +1,180 @@
+"""What every stage shares: the entry decorator (MLflow run + metrics file), seeding, and the Lightning trainer."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from omegaconf import DictConfig
+
+from videolavit import tracking
+from videolavit.errors import ConfigError, MissingArtifactError
+
+
+def write_metrics(cfg: DictConfig, stage: str, metrics: dict[str, float]) -> Path:
+    """``metrics/<stage>.json`` (for ``dvc metrics show``): keys as given, non-finite values as null."""
+    path = Path(cfg.paths.metrics) / f"{stage}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    clean = {}
+    for key, value in sorted(metrics.items()):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            clean[key] = float(value) if math.isfinite(float(value)) else None
+        else:
+            clean[key] = value
+    path.write_text(json.dumps(clean, indent=2) + "\n")
+    return path
+
+
+def stage_entry(stage: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictConfig], dict]]:
+    """Wrap a stage's ``run(cfg)``: one MLflow run, metrics logged there and written to ``metrics/<stage>.json``.
+
+    If a run is already active (a sweep trial), the stage logs into it instead of opening another.
+    """
+
+    def decorate(fn: Callable[[DictConfig], dict]) -> Callable[[DictConfig], dict]:
+        @functools.wraps(fn)
+        def run(cfg: DictConfig) -> dict[str, float]:
+            seed_everything(int(cfg.seed))
+            if cfg.compute.threads:
+                import torch
+
+                torch.set_num_threads(int(cfg.compute.threads))
+            started = time.perf_counter()
+            if tracking.active().enabled:
+                metrics = fn(cfg)
+                tracking.active().log_metrics(_numeric(metrics))
+            else:
+                with tracking.start_run(cfg, stage) as mlrun:
+                    metrics = fn(cfg)
+                    metrics = dict(metrics)
+                    metrics.setdefault("stage_seconds", time.perf_counter() - started)
+                    mlrun.log_metrics(_numeric(metrics))
+            write_metrics(cfg, stage, metrics)
+            return metrics
+
+        run.stage_name = stage  # type: ignore[attr-defined]
+        return run
+
+    return decorate
+
+
+def _numeric(metrics: dict) -> dict[str, float]:
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v)):
+            out[k] = float(v)
+    return out
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:
+        pass
+
+
+def require_path(path: str | os.PathLike, what: str, hint: str) -> Path:
+    """The path, or a MissingArtifactError naming what is missing and how to make it."""
+    p = Path(path)
+    if not p.exists():
+        raise MissingArtifactError(f"{what} not found at '{p}'. {hint}")
+    return p
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Lightning
+
+
+def checkpoint_dir(cfg: DictConfig, stage: str) -> Path:
+    return Path(cfg.paths.runs) / stage / "checkpoints"
+
+
+def resume_checkpoint(cfg: DictConfig, stage: str, resume: str) -> Optional[str]:
+    """``never`` → None; ``auto`` → ``runs/<stage>/checkpoints/last.ckpt`` if present; else a path that must exist."""
+    if resume in (None, "", "never", "false", False):
+        return None
+    if resume == "auto":
+        last = checkpoint_dir(cfg, stage) / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise ConfigError(f"{stage}.train.resume: checkpoint '{resume}' does not exist (use 'auto' or 'never')")
+    return str(resume)
+
+
+def make_trainer(
+    cfg: DictConfig,
+    stage: str,
+    train_cfg: Any,
+    callbacks: Optional[list] = None,
+    enable_progress_bar: Optional[bool] = None,
+    **overrides: Any,
+):
+    """A Lightning Trainer wired to the active MLflow run and to ``runs/<stage>/checkpoints`` (``last.ckpt``)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(
+        dirpath=str(checkpoint_dir(cfg, stage)),
+        filename="step{step}",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=int(train_cfg.checkpoint_every_n_steps),
+        save_on_train_epoch_end=False,
+    )
+    loggers: list = []
+    run = tracking.active()
+    if run.enabled:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers.append(MLFlowLogger(tracking_uri=run.uri, run_id=run.run_id, experiment_name=cfg.tracking.experiment))
+    if enable_progress_bar is None:
+        enable_progress_bar = os.environ.get("CI") is None and os.isatty(2)
+    kwargs = dict(
+        accelerator=cfg.compute.accelerator,
+        devices=cfg.compute.devices,
+        num_nodes=cfg.compute.num_nodes,
+        strategy=train_cfg.strategy or cfg.compute.strategy,
+        precision=train_cfg.precision or cfg.compute.precision,
+        max_steps=int(train_cfg.max_steps),
+        max_epochs=-1,
+        val_check_interval=int(train_cfg.val_every_n_steps),
+        check_val_every_n_epoch=None,
+        limit_val_batches=train_cfg.val_batches if train_cfg.val_batches is not None else 1.0,
+        log_every_n_steps=int(train_cfg.log_every_n_steps),
+        gradient_clip_val=float(getattr(getattr(cfg, stage).optim, "grad_clip", 0.0) or 0.0) or None,
+        callbacks=[ckpt, *(callbacks or [])],
+        logger=loggers or False,
+        enable_progress_bar=enable_progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(Path(cfg.paths.runs) / stage),
+        deterministic=False,
+        num_sanity_val_steps=0,
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
+    """LambdaLR: linear warm-up to the peak LR, then cosine decay to ``min_ratio`` × peak at ``total_steps``."""
+    import torch
+
+    def factor(step: int) -> float:
+        if warmup_steps > 0 and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
