@@ -1,7 +1,7 @@
 """Configuration: typed schemas and the merge order every stage uses.
 
 Merge order (later wins): schema defaults → ``conf/base.yaml`` → ``conf/stage/*.yaml`` → ``conf/profile/<profile>.yaml``
-→ ``params.yaml`` (the keys DVC tracks) → CLI ``key=value`` overrides.
+→ ``params.yaml`` (the keys DVC tracks; ``null`` there keeps the profile's value) → CLI ``key=value`` overrides.
 
 Stage files come *before* the profile so that a profile (``paper``) can override any stage default; see README.
 Every key is checked against the schema: an unknown key raises :class:`ConfigError` listing the valid keys there.
@@ -94,6 +94,8 @@ class VideoConfig:
     clip_policy: str = "all"  # all | every_other | max
     max_clips: Optional[int] = None  # with clip_policy=max: keep at most this many, uniformly spread
     max_source_frames: Optional[int] = None  # stop decoding after this many source frames (None: whole video)
+    frames_height: int = 320  # size of the RGB clip frames kept for the video detokenizer (its training target)
+    frames_width: int = 576
 
 
 @dataclass
@@ -200,6 +202,19 @@ def _read_yaml(path: Path) -> Any:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
 
 
+def _drop_nulls(tree: dict) -> dict:
+    """params.yaml lists the keys DVC tracks; ``null`` there means "keep the profile's value", so it is not merged."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            value = _drop_nulls(value)
+            if value:
+                out[key] = value
+        elif value is not None:
+            out[key] = value
+    return out
+
+
 def parse_overrides(overrides: Iterable[str]) -> dict:
     """Turn ``["a.b=1", "c=x"]`` into a nested dict; values are parsed as YAML (numbers, bools, lists)."""
     out: dict = {}
@@ -246,15 +261,14 @@ def load_config(
     profile_path = Path(str(profile)) if Path(str(profile)).is_file() else CONF_DIR / "profile" / f"{profile}.yaml"
     cfg = _merge(cfg, _read_yaml(profile_path), f"profile '{profile}'")
     if params:
-        params = dict(params)
+        params = _drop_nulls(dict(params))
         params.pop("profile", None)  # the profile was chosen above; params must not silently switch it
         cfg = _merge(cfg, params, str(params_file))
     cli.pop("profile", None)
     cfg = _merge(cfg, cli, "command-line overrides")
-    with_flag = OmegaConf.create({"stage": stage}, flags={"allow_objects": True})
     OmegaConf.set_struct(cfg, False)
     cfg.profile = str(profile)
-    cfg.stage = with_flag.stage
+    cfg.stage = stage
     OmegaConf.set_struct(cfg, True)
     return cfg
 

@@ -6,7 +6,6 @@ import functools
 import json
 import math
 import os
-import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -44,15 +43,12 @@ def stage_entry(stage: str) -> Callable[[Callable[[DictConfig], dict]], Callable
                 import torch
 
                 torch.set_num_threads(int(cfg.compute.threads))
-            started = time.perf_counter()
             if tracking.active().enabled:
                 metrics = fn(cfg)
                 tracking.active().log_metrics(_numeric(metrics))
             else:
                 with tracking.start_run(cfg, stage) as mlrun:
                     metrics = fn(cfg)
-                    metrics = dict(metrics)
-                    metrics.setdefault("stage_seconds", time.perf_counter() - started)
                     mlrun.log_metrics(_numeric(metrics))
             write_metrics(cfg, stage, metrics)
             return metrics
