@@ -117,11 +117,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise VideolavitError(f"unknown command {args.command}")
 
 
-_SWEEP_KEYS = ("trials", "mode", "storage", "study", "objectives", "pruning", "space", "out")
-
-
 def _is_sweep_key(override: str) -> bool:
-    return override.split("=", 1)[0] in _SWEEP_KEYS
+    from videolavit.sweep import SWEEP_OPTIONS
+
+    return override.split("=", 1)[0] in SWEEP_OPTIONS
 
 
 if __name__ == "__main__":

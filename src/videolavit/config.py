@@ -273,6 +273,13 @@ def load_config(
     return cfg
 
 
+def apply_overrides(cfg: DictConfig, overrides: Iterable[str], source: str = "overrides") -> DictConfig:
+    """A copy of ``cfg`` with ``key=value`` overrides merged in (validated like CLI overrides)."""
+    merged = _merge(cfg, parse_overrides(overrides), source)
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
 def to_flat_dict(cfg: DictConfig) -> dict[str, Any]:
     """``{"video.fps": 6.0, ...}``: the flattened form logged to MLflow as params."""
     flat: dict[str, Any] = {}

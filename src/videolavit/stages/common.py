@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from omegaconf import DictConfig
 
@@ -93,6 +94,19 @@ def require_path(path: str | os.PathLike, what: str, hint: str) -> Path:
 # --------------------------------------------------------------------------------------------------------------------
 # Lightning
 
+_EXTRA_CALLBACKS: list = []
+
+
+@contextlib.contextmanager
+def extra_callbacks(callbacks: list) -> Iterator[None]:
+    """Callbacks every trainer made inside this block gets too (a sweep's pruning callback)."""
+    _EXTRA_CALLBACKS.extend(callbacks)
+    try:
+        yield
+    finally:
+        for cb in callbacks:
+            _EXTRA_CALLBACKS.remove(cb)
+
 
 def checkpoint_dir(cfg: DictConfig, stage: str) -> Path:
     return Path(cfg.paths.runs) / stage / "checkpoints"
@@ -151,7 +165,7 @@ def make_trainer(
         limit_val_batches=train_cfg.val_batches if train_cfg.val_batches is not None else 1.0,
         log_every_n_steps=int(train_cfg.log_every_n_steps),
         gradient_clip_val=float(getattr(getattr(cfg, stage).optim, "grad_clip", 0.0) or 0.0) or None,
-        callbacks=[ckpt, *(callbacks or [])],
+        callbacks=[ckpt, *(callbacks or []), *_EXTRA_CALLBACKS],
         logger=loggers or False,
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
