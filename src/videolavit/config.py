@@ -92,10 +92,11 @@ class VideoConfig:
     motion_rescale: float = 10.0  # the official "rescale" path multiplies normalized motion by 10
     keyframe_size: int = 224
     clip_policy: str = "all"  # all | every_other | max
-    max_clips: Optional[int] = None  # with clip_policy=max: keep at most this many, uniformly spread
+    max_clips: Optional[int] = None  # clip_policy max or every_other: keep at most this many, uniformly spread
     max_source_frames: Optional[int] = None  # stop decoding after this many source frames (None: whole video)
     frames_height: int = 320  # size of the RGB clip frames kept for the video detokenizer (its training target)
     frames_width: int = 576
+    threads: int = 1  # source decoder threads per video (0: one per core); the decompose stage runs videos in parallel
 
 
 @dataclass
@@ -113,8 +114,12 @@ class CorpusConfig:
     fps: float = 12.0  # source frame rate; deliberately not 6 so resampling is exercised
     min_clips: int = 1
     max_clips: int = 3
+    heldout_pairs: int = 4  # (shape, color) pairs seen only in the test split
+    workers: int = 1  # processes rendering the synthetic corpus (output is identical for any count)
     import_path: Optional[str] = None  # annotation file of a real dataset (CSV or JSON)
     media_dir: Optional[str] = None  # where the real dataset's videos/images are
+    import_split: Optional[str] = None  # split an imported file fills; None: its own split field, file name, or default
+    val_fraction: float = 0.0  # imported data without a val split: move this seeded fraction of train to val
 
 
 @dataclass
