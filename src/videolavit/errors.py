@@ -44,6 +44,10 @@ class VideoTooShortError(VideoError):
     """The video decodes but yields fewer frames than one clip needs."""
 
 
+class NoValidClipError(VideoError):
+    """The video is long enough but no clip start passes the I-frame check (for example scene cuts everywhere)."""
+
+
 class CorpusError(VideolavitError):
     """A corpus manifest or an imported dataset file is malformed."""
 

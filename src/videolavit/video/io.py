@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import av
 import numpy as np
+
+# Muxer-level flags a caller may pass among the encoder options (they mean nothing to the encoder).
+_MUXER_OPTIONS = ("movflags", "brand", "frag_duration", "min_frag_duration")
 
 
 def write_video(
@@ -18,24 +21,39 @@ def write_video(
     pix_fmt: str = "yuv420p",
     bitrate: Optional[int] = None,
     options: Optional[dict] = None,
+    times: Optional[Sequence[float]] = None,
 ) -> Path:
-    """Encode RGB frames (each uint8 [H, W, 3], same size) to ``path``; H.264 by default. Returns the path."""
+    """Encode RGB frames (each uint8 [H, W, 3], same size) to ``path``; H.264 by default. Returns the path.
+
+    ``options`` go to the encoder, except muxer flags (``movflags``, e.g. ``faststart``), which go to the container.
+    ``times`` (seconds, increasing) gives each frame its own timestamp: a variable-frame-rate video.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
+    options = {k: str(v) for k, v in (options or {}).items()}
+    container_options = {k: options.pop(k) for k in list(options) if k in _MUXER_OPTIONS}
+    time_base = Fraction(1, 90_000) if times is not None else None
+    with av.open(str(path), mode="w", container_options=container_options) as container:
         stream = None
-        for frame in frames:
+        for index, frame in enumerate(frames):
             frame = np.ascontiguousarray(frame, dtype=np.uint8)
             if stream is None:
                 stream = container.add_stream(codec, rate=rate)
                 stream.height, stream.width = frame.shape[:2]
                 stream.pix_fmt = pix_fmt
+                if time_base is not None:
+                    stream.codec_context.time_base = time_base
+                    stream.time_base = time_base
                 if bitrate:
                     stream.bit_rate = int(bitrate)
                 if options:
-                    stream.options = {k: str(v) for k, v in options.items()}
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    stream.options = options
+            video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if time_base is not None:
+                video_frame.pts = round(float(times[index]) / time_base)
+                video_frame.time_base = time_base
+            for packet in stream.encode(video_frame):
                 container.mux(packet)
         if stream is None:
             raise ValueError(f"write_video({path}): no frames given")

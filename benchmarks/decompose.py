@@ -1,0 +1,247 @@
+"""Decomposition speed and memory: this pipeline vs the official route (ffmpeg CLI re-encode + PyAV motion vectors).
+
+    python benchmarks/decompose.py                 # synthetic clip + 10 s of H.264 720p30, both routes
+    python benchmarks/decompose.py --long          # also 10 minutes of 720p (libx264 ultrafast): our peak RSS
+
+Official route, after ``models/transform.py`` of github.com/jy0205/LaVIT: ``ffmpeg -threads N -y -i IN -filter:v fps=6
+-b:v 8000k -c:v mpeg4 -f rawvideo TMP.mp4`` at the SOURCE resolution, then TMP decoded with PyAV ``export_mvs`` into
+the same macroblock fields, clips, 20×36 grid and 224×224 keyframes. Each route runs in its own subprocess; CPU time
+(user + sys, children included) gives input frames/s per core, ``ru_maxrss`` the peak RSS. Best of ``--repeat`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+FPS = 6
+BITRATE_K = 8000
+
+
+def panning_scene(width: int, height: int, num_frames: int, seed: int = 0):
+    """Frames of a textured background panning 2 px/frame with a textured square crossing it (uint8 [H, W, 3])."""
+    from videolavit.video.synthetic import texture
+
+    rng = np.random.default_rng(seed)
+    margin = 2 * num_frames + 8
+    wide = texture(rng, height, width + min(margin, 4 * width), blur=2.0)
+    size = height // 4
+    square = texture(rng, size, size, blur=2.0)
+    span = wide.shape[1] - width
+    for i in range(num_frames):
+        pan = (2 * i) % (2 * span) if span else 0
+        pan = pan if pan <= span else 2 * span - pan  # bounce, so any length stays in the texture
+        frame = np.ascontiguousarray(wide[:, pan : pan + width])
+        x = (5 * i) % (width - size)
+        y = (height - size) // 2 + int(0.25 * height * np.sin(i / 20))
+        frame[y : y + size, x : x + size] = square
+        yield frame
+
+
+def make_inputs(cache: Path, long: bool) -> dict[str, Path]:
+    from videolavit.video.io import write_video
+    from videolavit.video.synthetic import moving_square
+
+    cache.mkdir(parents=True, exist_ok=True)
+    inputs = {
+        "synthetic 256x160@12 10s": (
+            cache / "synthetic_256x160_12fps.mp4",
+            lambda: moving_square(256, 160, 120, (3, -1)),
+            12,
+            {},
+        ),
+        "h264 1280x720@30 10s": (cache / "h264_720p_30fps_10s.mp4", lambda: panning_scene(1280, 720, 300), 30, {}),
+    }
+    if long:
+        inputs["h264 1280x720@30 10min"] = (
+            cache / "h264_720p_30fps_10min.mp4",
+            lambda: panning_scene(1280, 720, 30 * 600),
+            30,
+            {"preset": "ultrafast"},
+        )
+    paths = {}
+    for name, (path, frames, fps, options) in inputs.items():
+        if not path.exists():
+            print(f"building {name} -> {path} ...", flush=True)
+            tmp = path.with_suffix(".part.mp4")
+            write_video(tmp, frames(), fps, options=options or None)
+            tmp.rename(path)
+        paths[name] = path
+    return paths
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Workers: each runs in a fresh subprocess and prints one JSON line.
+
+
+def run_ours(path: Path, threads: int) -> dict:
+    from videolavit.config import load_config
+    from videolavit.video import iter_clips
+
+    cfg = load_config(profile="paper", overrides=[f"video.threads={threads}"], params_file=None)
+    stream = iter_clips(path, cfg)
+    clips = sum(1 for _ in stream)  # streamed: clips are dropped as they come, as the decompose stage writes them
+    return {"clips": clips, "frames_6fps": stream.num_frames}
+
+
+def run_official(path: Path, threads: int) -> dict:
+    import av
+    from PIL import Image
+
+    from videolavit.config import load_config
+    from videolavit.video.motion import macroblock_motion, resize_grid
+
+    video = load_config(profile="paper", params_file=None).video
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "reencoded.mp4"
+        cmd = ["ffmpeg", "-loglevel", "error", "-threads", str(threads), "-y", "-i", str(path),
+               "-filter:v", f"fps={FPS}", "-b:v", f"{BITRATE_K}k", "-c:v", "mpeg4", "-f", "rawvideo", str(out)]
+        ffmpeg = subprocess.Popen(cmd)
+        ffmpeg_peak = 0.0
+        while ffmpeg.poll() is None:  # its own high-water mark, read while it runs (gone once it exits)
+            ffmpeg_peak = max(ffmpeg_peak, _peak_rss_mb(ffmpeg.pid))
+            time.sleep(0.02)
+        if ffmpeg.returncode:
+            raise RuntimeError(f"ffmpeg failed with exit code {ffmpeg.returncode}")
+        container = av.open(str(out))
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        stream.thread_count = threads
+        fields, iframes, rgb = [], [], {}
+        for index, frame in enumerate(container.decode(stream)):
+            rows, cols = -(-frame.height // 16), -(-frame.width // 16)
+            is_i = frame.pict_type == av.video.frame.PictureType.I
+            side = None if is_i else frame.side_data.get("MOTION_VECTORS")
+            field = np.zeros((2, rows, cols), np.float32)  # [2, rows, cols]
+            if side is not None:
+                field = macroblock_motion(side.to_ndarray(), rows, cols)
+            field[0] /= frame.width  # the official code normalizes by the (source) width and height
+            field[1] /= frame.height
+            fields.append(field)
+            if is_i:
+                iframes.append(index)
+                rgb[index] = Image.fromarray(frame.to_ndarray(format="rgb24")).resize((224, 224), Image.BICUBIC)
+        container.close()
+    clips = 0
+    last = -video.clip_frames
+    scale = np.array([video.motion_rescale / s for s in video.motion_std], dtype=np.float32).reshape(2, 1, 1, 1)
+    for a, b in zip(iframes, iframes[1:]):
+        if b == a + video.gop and a + video.clip_frames <= len(fields) and a >= last + video.clip_frames:
+            motion = np.stack(fields[a : a + video.clip_frames], axis=1)  # [2, 24, rows, cols]
+            motion[:, 12] = 0.5 * (motion[:, 11] + motion[:, 13])
+            motion = resize_grid(motion, video.motion_height, video.motion_width) * scale
+            assert rgb[a].size == (224, 224) and motion.shape == (2, 24, 20, 36)
+            clips, last = clips + 1, a
+    return {"clips": clips, "frames_6fps": len(fields), "ffmpeg_peak_rss_mb": ffmpeg_peak}
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """VmHWM of a process: unlike ru_maxrss it restarts at exec, so a parent's size does not leak into it."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    if pid == os.getpid():  # no /proc (macOS): ru_maxrss, which also counts the parent at fork time
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss / 1024 / (1024 if sys.platform == "darwin" else 1)
+    return 0.0
+
+
+def _cpu_seconds() -> float:
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def worker(route: str, path: Path, threads: int) -> None:
+    import av  # noqa: F401  imports are paid before the clock starts, alike for both routes
+    import PIL.Image  # noqa: F401
+
+    import videolavit.config  # noqa: F401
+    import videolavit.video  # noqa: F401
+
+    cpu, start = _cpu_seconds(), time.perf_counter()
+    result = (run_ours if route == "ours" else run_official)(path, threads)
+    wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    # The larger of this process and ffmpeg: the two run one after the other, never together.
+    peak = max(_peak_rss_mb(os.getpid()), result.pop("ffmpeg_peak_rss_mb", 0.0))
+    result.update(wall_s=wall, cpu_s=cpu, peak_rss_mb=peak)
+    print(json.dumps(result))
+
+
+def measure(route: str, path: Path, threads: int) -> dict:
+    cmd = [sys.executable, __file__, "--worker", route, "--input", str(path), "--threads", str(threads)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{route} route failed on {path}:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def source_frames(path: Path) -> int:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.frames or sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "videolavit-bench"
+    parser.add_argument("--cache-dir", type=Path, default=cache, help=f"inputs are built here once (default {cache})")
+    parser.add_argument("--threads", type=int, default=1, help="decoder threads for both routes (ffmpeg -threads)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per route and input; the best CPU time counts")
+    parser.add_argument("--long", action="store_true", help="also 10 minutes of 720p: peak RSS of our pipeline")
+    parser.add_argument("--worker", choices=["ours", "official"], help=argparse.SUPPRESS)
+    parser.add_argument("--input", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args.worker, args.input, args.threads)
+        return
+
+    has_ffmpeg = shutil.which("ffmpeg") is not None
+    if not has_ffmpeg:
+        print("ffmpeg not found on PATH: the official route is skipped (install it, e.g. `apt-get install -y ffmpeg`).")
+    inputs = make_inputs(args.cache_dir, args.long)
+    print(f"\nthreads={args.threads}, best of {args.repeat} (CPU time, children included), {os.cpu_count()} cores\n")
+    header = (f"{'input':<26} {'route':<9} {'in frames':>9} {'clips':>5} {'cpu s':>7} {'wall s':>7} "
+              f"{'frames/s/core':>13} {'peak RSS MB':>11}")
+    print(header)
+    print("-" * len(header))
+    for name, path in inputs.items():
+        frames = source_frames(path)
+        long_input = "10min" in name
+        routes = ["ours"] + (["official"] if has_ffmpeg and not long_input else [])
+        best: dict[str, dict] = {}
+        for _ in range(1 if long_input else args.repeat):
+            for route in routes:  # alternate the routes so that load from other processes hits both alike
+                result = measure(route, path, args.threads)
+                if route not in best or result["cpu_s"] < best[route]["cpu_s"]:
+                    peak = max(result["peak_rss_mb"], best.get(route, {}).get("peak_rss_mb", 0))
+                    best[route] = {**result, "peak_rss_mb": peak}
+        for route in routes:
+            r = best[route]
+            print(f"{name:<26} {route:<9} {frames:>9} {r['clips']:>5} {r['cpu_s']:>7.2f} {r['wall_s']:>7.2f} "
+                  f"{frames / r['cpu_s']:>13.1f} {r['peak_rss_mb']:>11.0f}")
+        if "official" in best:
+            ratio = best["official"]["cpu_s"] / best["ours"]["cpu_s"]
+            print(f"{'':<26} ratio ours/official: {ratio:.2f}x input frames/s per core")
+        if long_input:
+            verdict = "under" if best["ours"]["peak_rss_mb"] < 1024 else "OVER"
+            print(f"{'':<26} peak RSS {best['ours']['peak_rss_mb']:.0f} MB: {verdict} the 1 GB target")
+    print("\nCPU time excludes interpreter start-up and imports (paid alike by both routes); RSS includes them.")
+
+
+if __name__ == "__main__":
+    main()
