@@ -76,7 +76,9 @@ class Vocab:
 
     def modality(self, token_id: int) -> str:
         """``text``, ``image`` (visual codes and [IMG]/[/IMG]) or ``motion`` (motion codes and [MOV]/[/MOV])."""
-        if 0 <= token_id < self.text_size:
+        if token_id < 0:  # e.g. IGNORE_INDEX (-100) or the <image> placeholder (-200): not a vocabulary id
+            raise ValueError(f"token id {token_id} is outside the vocabulary of {self.size} ids")
+        if token_id < self.text_size:
             return TEXT
         if token_id < self.mov_start:
             return IMAGE

@@ -1,0 +1,483 @@
+"""The LaVIT visual tokenizer: an image → a variable number of discrete tokens (about ρ of its patches) → features.
+
+ViT encoder (or a frozen transformers vision teacher) → token selector (hard Gumbel keep mask, straight-through) →
+token merger (kept tokens attend causally to each other and to the dropped ones) → VQ (codebook_size × code_dim) →
+decoder (one learned query per patch) that reconstructs the target: the teacher's patch features when ``teacher_path``
+is set, else the pixels of each patch. Loss: reconstruction + commitment + ``keep_weight·(keep fraction − ρ)²``.
+
+Inference is deterministic. ``selection="expected"`` (default) keeps the k likeliest patches, k = round(Σ p_keep):
+the count the sampled mask has on average, so the count follows the image and its mean matches training.
+``"threshold"`` keeps the patches with p_keep > 0.5; it collapses to one token while the selector is unsure (p_keep
+near ρ everywhere: measured on the tiny model after 200 steps). ``"topk"`` keeps round(ρ·N), a fixed count. The
+official code samples the Gumbel mask even at inference (a stochastic count); ``encode(images, sample=True)`` does that.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from videolavit.errors import ConfigError, MissingArtifactError
+from videolavit.models.quantizer import VectorQuantizer
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+SELECTIONS = ("expected", "threshold", "topk")
+REC_LOSSES = ("auto", "cosine", "mse")
+MAX_PREFIX_TOKENS = 8  # a teacher's non-patch tokens before its patches (CLS, registers)
+
+
+def preprocess_images(images, size: int) -> torch.Tensor:
+    """uint8 RGB [B, H, W, 3] or [H, W, 3] (numpy or torch) → float [B, 3, size, size], bicubic, CLIP-normalized."""
+    x = torch.as_tensor(images)
+    if x.dtype != torch.uint8:
+        raise ValueError(f"preprocess expects uint8 RGB images, got dtype {x.dtype}")
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"preprocess expects images shaped [B, H, W, 3] or [H, W, 3], got {tuple(x.shape)}")
+    x = x.permute(0, 3, 1, 2).float().div(255.0)  # [B, 3, H, W]
+    if x.shape[-2:] != (size, size):
+        # antialias matches PIL's bicubic when shrinking (the official processor resizes straight to size×size)
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _policy_softmax(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Softmax over the keys whose 0/1 ``weights`` are 1 (after DynamicViT).
+
+    The weights multiply the exponentials, so a straight-through mask receives gradients for dropped keys as well.
+    A row with no allowed key attends to nothing (zeros). scores [B, h, Q, K]; weights broadcast to it.
+    """
+    allowed = weights > 0
+    m = scores.detach().masked_fill(~allowed, float("-inf")).amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, scores.detach().amax(-1, keepdim=True))
+    # a dropped key's exponential is capped at the best allowed one's: adding a key moves the output by at most its
+    # distance to the value, and an uncapped linearization (up to e^Δscore larger) made the selector collapse
+    e = torch.exp((scores - m).clamp(max=0.0)) * weights
+    # with an allowed key the sum is ≥ 1 (its max term is exp(0)), so clamping only touches empty rows
+    return e / e.sum(-1, keepdim=True).clamp_min(1.0)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, context_dim: Optional[int] = None):
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"attention width {dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim or dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x, context=None, key_weights=None, causal: bool = False):
+        """x [B, Q, D]; context [B, K, Dc] (None: self-attention); key_weights [B, K] 0/1 (None: all keys)."""
+        context = x if context is None else context
+        B, Q, D = x.shape
+        K = context.shape[1]
+        q = self.q(x).view(B, Q, self.heads, -1).transpose(1, 2)  # [B, h, Q, d]
+        k, v = self.kv(context).view(B, K, 2, self.heads, -1).permute(2, 0, 3, 1, 4)  # [B, h, K, d] each
+        if key_weights is None and not causal:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            w = torch.ones(B, 1, 1, K, dtype=x.dtype, device=x.device)
+            if key_weights is not None:
+                w = key_weights.to(x.dtype)[:, None, None, :]
+            if causal:
+                w = w * torch.ones(Q, K, dtype=x.dtype, device=x.device).tril()
+            scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [B, h, Q, K]
+            out = _policy_softmax(scores, w) @ v
+        return self.proj(out.transpose(1, 2).reshape(B, Q, D))
+
+
+class MLP(nn.Sequential):
+    def __init__(self, dim: int, ratio: float):
+        hidden = int(dim * ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm ViT block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim), MLP(dim, mlp_ratio)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class CrossBlock(nn.Module):
+    """Self-attention (optionally masked/causal), cross-attention to a masked context, MLP. Merger and decoder block."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, context_dim: int):
+        super().__init__()
+        self.norm1, self.self_attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.norm2, self.cross_attn = nn.LayerNorm(dim), Attention(dim, heads, context_dim)
+        self.norm3, self.mlp = nn.LayerNorm(dim), MLP(dim, mlp_ratio)
+
+    def forward(self, x, context, self_weights=None, context_weights=None, causal=False):
+        x = x + self.self_attn(self.norm1(x), key_weights=self_weights, causal=causal)
+        x = x + self.cross_attn(self.norm2(x), context, key_weights=context_weights)
+        return x + self.mlp(self.norm3(x))
+
+
+class TokenSelector(nn.Module):
+    """LaVIT's token predictor: per-patch keep/drop log-probabilities from local ‖ global (mean) features."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.in_proj = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
+        self.out = nn.Sequential(
+            nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, dim // 4), nn.GELU(), nn.Linear(dim // 4, 2)
+        )
+
+    def forward(self, x):
+        """x [B, N, D] → log-probabilities [B, N, 2]; index 0 is *keep* (as in the official code)."""
+        x = self.in_proj(x)
+        half = x.shape[-1] // 2
+        local, glob = x[..., :half], x[..., half:].mean(1, keepdim=True).expand(-1, x.shape[1], -1)
+        return F.log_softmax(self.out(torch.cat([local, glob], dim=-1)), dim=-1)
+
+
+class VisionEncoder(nn.Module):
+    """Patchify + pre-norm ViT (no CLS token: LaVIT drops it anyway). images [B, 3, S, S] → [B, N, width]."""
+
+    def __init__(self, image_size: int, patch_size: int, width: int, depth: int, heads: int, mlp_ratio: float):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, (image_size // patch_size) ** 2, width))
+        self.blocks = nn.ModuleList(EncoderBlock(width, heads, mlp_ratio) for _ in range(depth))
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+
+    def forward(self, images):
+        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed  # [B, N, width]
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def load_vision_teacher(path: str) -> nn.Module:
+    """A frozen transformers vision model from a local directory (its vision tower if it is a two-tower model)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise MissingArtifactError(
+            f"visual tokenizer teacher_path '{path}' is not a directory (save a transformers vision model there "
+            "with save_pretrained, e.g. CLIPVisionModel)"
+        )
+    from transformers import AutoModel
+
+    try:
+        model = AutoModel.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:  # transformers raises OSError/ValueError with long messages; name the path instead
+        raise MissingArtifactError(
+            f"cannot load a transformers vision model from teacher_path '{path}': {exc}"
+        ) from None
+    tower = getattr(model, "vision_model", model)  # CLIPModel / SiglipModel → their vision tower
+    tower.eval().requires_grad_(False)
+    return tower
+
+
+class VisualTokenizer(nn.Module):
+    def __init__(
+        self,
+        image_size: int = 224,
+        patch_size: int = 14,
+        width: int = 1408,
+        depth: int = 40,
+        heads: int = 16,
+        mlp_ratio: float = 4.3637,
+        merger_depth: int = 12,
+        merger_causal: bool = True,
+        decoder_width: Optional[int] = None,
+        decoder_depth: int = 12,
+        decoder_heads: Optional[int] = None,
+        code_dim: int = 32,
+        codebook_size: int = 16384,
+        ema_decay: float = 0.995,
+        kmeans_init: bool = True,
+        dead_code_threshold: float = 2.0,
+        commitment_weight: float = 0.25,
+        keep_ratio: float = 1 / 3,
+        keep_weight: float = 2.0,
+        gumbel_tau: float = 1.0,
+        selection: str = "expected",
+        rec_loss: str = "auto",
+        teacher_path: Optional[str] = None,
+    ):
+        super().__init__()
+        if image_size % patch_size:
+            raise ConfigError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
+        if selection not in SELECTIONS:
+            raise ConfigError(f"selection '{selection}' is not one of {', '.join(SELECTIONS)}")
+        if rec_loss not in REC_LOSSES:
+            raise ConfigError(f"rec_loss '{rec_loss}' is not one of {', '.join(REC_LOSSES)}")
+        if not 0 < keep_ratio <= 1:
+            raise ConfigError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        decoder_width = decoder_width or width
+        decoder_heads = decoder_heads or heads
+        self.image_size, self.patch_size = image_size, patch_size
+        self.num_patches = (image_size // patch_size) ** 2
+        self.keep_ratio, self.keep_weight, self.gumbel_tau = keep_ratio, keep_weight, gumbel_tau
+        self.selection = selection
+        self.codebook_size = codebook_size
+
+        if teacher_path:
+            self.teacher = load_vision_teacher(teacher_path)
+            try:  # one probe forward: finds the feature width and fails early on an image-size mismatch
+                feature_dim = self._teacher_features(torch.zeros(1, 3, image_size, image_size)).shape[-1]
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(
+                    f"the teacher at '{teacher_path}' cannot encode {image_size}px images: {exc}"
+                ) from None
+            self.encoder = None
+            self.target_dim = feature_dim
+            self.rec_loss = "cosine" if rec_loss == "auto" else rec_loss
+        else:
+            self.teacher = None
+            self.encoder = VisionEncoder(image_size, patch_size, width, depth, heads, mlp_ratio)
+            feature_dim = width
+            self.target_dim = 3 * patch_size * patch_size
+            self.rec_loss = "mse" if rec_loss == "auto" else rec_loss
+        self.ln_vision = nn.LayerNorm(feature_dim)
+        self.feature_proj = nn.Linear(feature_dim, width) if feature_dim != width else nn.Identity()
+
+        self.selector = TokenSelector(width)
+        self.merger = nn.ModuleList(CrossBlock(width, heads, mlp_ratio, width) for _ in range(merger_depth))
+        self.merger_causal = merger_causal
+        self.merger_norm = nn.LayerNorm(width)
+        # Linear–Tanh–Linear down to the small code space "to improve codebook usage" (ViT-VQGAN; official code)
+        self.encode_task = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, code_dim))
+        self.quantizer = VectorQuantizer(
+            code_dim, codebook_size, ema_decay, kmeans_init, dead_code_threshold, commitment_weight
+        )
+
+        self.token_in = nn.Linear(code_dim, decoder_width)
+        self.token_pos = nn.Parameter(torch.zeros(1, self.num_patches, decoder_width))  # by index in the code sequence
+        self.queries = nn.Parameter(torch.zeros(1, self.num_patches, decoder_width))  # one per patch
+        self.decoder = nn.ModuleList(
+            CrossBlock(decoder_width, decoder_heads, mlp_ratio, decoder_width) for _ in range(decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(decoder_width)
+        self.decoder_head = nn.Linear(decoder_width, self.target_dim)
+        nn.init.trunc_normal_(self.token_pos, std=0.02)
+        nn.init.trunc_normal_(self.queries, std=0.02)
+
+    # ---- encoder side ----------------------------------------------------------------------------------------------
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()  # frozen: no dropout, no norm statistics
+        return self
+
+    def trainable_parameters(self):
+        """Everything but the frozen teacher (what the optimizer should see)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("teacher.")]
+
+    @torch.no_grad()
+    def _teacher_features(self, images):
+        hidden = self.teacher(pixel_values=images).last_hidden_state  # [B, prefix + N, Dt]
+        extra = hidden.shape[1] - self.num_patches
+        if not 0 <= extra <= MAX_PREFIX_TOKENS:
+            raise ConfigError(
+                f"the teacher gives {hidden.shape[1]} tokens for a {self.image_size}px image, not the "
+                f"{self.num_patches} patches of patch_size {self.patch_size} (+ CLS/register tokens); "
+                "set image_size/patch_size to the teacher's"
+            )
+        return hidden[:, extra:]  # CLS (and any register tokens) dropped: [B, N, Dt]
+
+    def _check_images(self, images):
+        s = self.image_size
+        if images.ndim != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != (s, s):
+            raise ValueError(
+                f"images must be float [B, 3, {s}, {s}] (use preprocess() on uint8 images), got {tuple(images.shape)}"
+            )
+        if not images.is_floating_point():
+            raise ValueError(f"images must be float and normalized (use preprocess()), got dtype {images.dtype}")
+
+    def patchify(self, images):
+        """[B, 3, S, S] → [B, N, 3·p·p] (the pixel target)."""
+        p = self.patch_size
+        B, C, H, W = images.shape
+        x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
+        return x.reshape(B, (H // p) * (W // p), p * p * C)
+
+    def unpatchify(self, patches):
+        """[B, N, 3·p·p] → [B, 3, S, S]."""
+        p, g = self.patch_size, self.image_size // self.patch_size
+        B = patches.shape[0]
+        x = patches.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)
+        return x.reshape(B, 3, g * p, g * p)
+
+    def select(self, log_probs, sample: bool):
+        """log-probs [B, N, 2] → keep mask [B, N] float (straight-through gradients when sampled). Never empty."""
+        p_keep = log_probs[..., 0]
+        if sample:
+            keep = F.gumbel_softmax(log_probs, tau=self.gumbel_tau, hard=True)[..., 0]
+        elif self.selection == "threshold":
+            keep = (p_keep > math.log(0.5)).to(log_probs.dtype)
+        else:
+            N = p_keep.shape[1]
+            if self.selection == "topk":
+                k = torch.full_like(p_keep[:, 0], max(1, round(self.keep_ratio * N)))
+            else:
+                k = p_keep.exp().sum(1).round().clamp(1, N)  # [B] the sampled mask's expected count
+            rank = p_keep.argsort(1, descending=True).argsort(1)  # [B, N] 0 = likeliest patch
+            keep = (rank < k[:, None]).to(log_probs.dtype)
+        # a selector that drops every patch would leave nothing to decode (official issue #38): keep the likeliest one
+        empty = keep.detach().sum(1) == 0
+        if empty.any():
+            keep = keep + F.one_hot(p_keep.argmax(1), p_keep.shape[1]).to(keep.dtype) * empty[:, None].to(keep.dtype)
+        return keep
+
+    def _merge(self, images, sample: bool):
+        """images → (merged token features [B, N, code_dim] for every patch, keep mask [B, N], target [B, N, T])."""
+        if self.teacher is not None:
+            raw = self._teacher_features(images)  # [B, N, Dt]
+            target = raw
+        else:
+            raw = self.encoder(images)  # [B, N, width]
+            target = self.patchify(images)
+        feats = self.feature_proj(self.ln_vision(raw))  # [B, N, width]
+        keep = self.select(self.selector(feats), sample)  # [B, N]
+        x = feats
+        for block in self.merger:
+            x = block(x, feats, self_weights=keep, context_weights=1.0 - keep, causal=self.merger_causal)
+        z = self.encode_task(self.merger_norm(x))  # [B, N, code_dim]; rows of dropped patches are ignored
+        return z, keep, target
+
+    # ---- decoder side ----------------------------------------------------------------------------------------------
+    def _decode(self, tokens, weights, positions):
+        """tokens [B, L, code_dim], weights [B, L] 0/1, positions [B, L] index in the code sequence → [B, N, T]."""
+        ctx = self.token_in(tokens) + self.token_pos[0][positions]  # [B, L, Dd]
+        x = self.queries.expand(tokens.shape[0], -1, -1)  # [B, N, Dd]
+        for block in self.decoder:
+            x = block(x, ctx, context_weights=weights)
+        return self.decoder_head(self.decoder_norm(x))
+
+    def decode_features(self, codes, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Codes (a list of 1-D LongTensors, or padded [B, L] with ``mask`` [B, L]) → features [B, N, target_dim]."""
+        device = self.queries.device
+        if isinstance(codes, (list, tuple)):
+            codes, mask = pad_codes(codes)
+        codes = torch.as_tensor(codes, device=device)
+        if codes.ndim != 2:
+            raise ValueError(f"codes must be a list of 1-D tensors or a padded [B, L] tensor, got {tuple(codes.shape)}")
+        mask = torch.ones_like(codes, dtype=torch.bool) if mask is None else mask.to(device).bool()
+        if codes.shape[1] > self.num_patches:
+            raise ValueError(f"an image has at most {self.num_patches} visual codes, got sequences of {codes.shape[1]}")
+        real = codes[mask]
+        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= self.codebook_size):
+            raise ValueError(
+                f"visual codes must be in [0, {self.codebook_size}), got {int(real.min())}..{int(real.max())}"
+            )
+        tokens = self.quantizer.decode(codes.masked_fill(~mask, 0))  # [B, L, code_dim]
+        positions = torch.arange(codes.shape[1], device=device).expand_as(codes)
+        return self._decode(tokens, mask.to(tokens.dtype), positions)
+
+    # ---- public API ------------------------------------------------------------------------------------------------
+    def forward(self, images: torch.Tensor, sample: Optional[bool] = None) -> dict:
+        """Tokenize and reconstruct. ``sample`` None: Gumbel sampling in training, deterministic choice in eval."""
+        self._check_images(images)
+        sample = self.training if sample is None else sample
+        z, keep, target = self._merge(images, sample)
+        mask = keep.detach() > 0
+        q = self.quantizer(z, mask=mask)
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # the index each kept token has in the code sequence
+        recon = self._decode(q.quantized, keep, positions)  # [B, N, target_dim]
+        if self.rec_loss == "cosine":
+            rec = (1 - F.cosine_similarity(recon, target, dim=-1)).mean()
+        else:
+            rec = F.mse_loss(recon, target)
+        # on the batch mean, not per image: images may keep more or fewer tokens as long as the average is ρ
+        fraction = keep.mean()
+        keep_loss = (fraction - self.keep_ratio) ** 2
+        loss = rec + q.loss + self.keep_weight * keep_loss
+        return {
+            "loss": loss,
+            "rec_loss": rec.detach(),
+            "commit_loss": q.loss.detach(),
+            "keep_loss": keep_loss.detach(),
+            "keep_fraction": fraction.detach(),
+            "num_tokens": mask.sum(1).float().mean(),
+            "codes": [q.codes[i][mask[i]] for i in range(len(mask))],
+            "keep_mask": mask,
+            "reconstruction": recon,
+            "target": target,
+        }
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor, sample: bool = False) -> list[torch.Tensor]:
+        """images [B, 3, S, S] → one LongTensor of codes per image (variable length, in patch order)."""
+        self._check_images(images)
+        z, keep, _ = self._merge(images, sample)
+        mask = keep > 0
+        codes = self.quantizer.encode(z)  # [B, N]; no codebook update
+        return [codes[i][mask[i]] for i in range(len(mask))]
+
+    def preprocess(self, images) -> torch.Tensor:
+        """uint8 RGB [B, H, W, 3] or [H, W, 3] → float [B, 3, S, S] for this tokenizer."""
+        return preprocess_images(images, self.image_size).to(self.queries.device)
+
+    def save_pretrained(self, directory) -> Path:
+        """config.json + model.safetensors. The teacher is not copied: its local path is recorded in config.json."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"model_type": "videolavit_visual_tokenizer", **self.config}
+        (directory / "config.json").write_text(json.dumps(config, indent=2))
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items() if not k.startswith("teacher.")}
+        save_file(state, str(directory / "model.safetensors"))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory, **overrides) -> "VisualTokenizer":
+        """Rebuild from ``save_pretrained`` output; ``overrides`` replace config keys (e.g. a moved teacher_path)."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config_file, weights = directory / "config.json", directory / "model.safetensors"
+        if not config_file.is_file() or not weights.is_file():
+            raise MissingArtifactError(
+                f"no visual tokenizer in '{directory}' (expected config.json and model.safetensors)"
+            )
+        config = json.loads(config_file.read_text())
+        config.pop("model_type", None)
+        config.update(overrides)
+        model = cls(**config)
+        missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise MissingArtifactError(
+                f"visual tokenizer weights in '{directory}' do not match its config: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+        return model
+
+
+def count_parameters(module: Optional[nn.Module]) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def pad_codes(codes: Sequence[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length code lists → padded [B, L] and mask [B, L]."""
+    L = max((len(c) for c in codes), default=0)
+    padded = torch.full((len(codes), max(L, 1)), pad, dtype=torch.long)
+    mask = torch.zeros(len(codes), max(L, 1), dtype=torch.bool)
+    for i, c in enumerate(codes):
+        padded[i, : len(c)] = torch.as_tensor(c, dtype=torch.long)
+        mask[i, : len(c)] = True
+    return padded, mask
