@@ -1,0 +1,193 @@
+"""Keyframe and video detokenizers: paper-size shapes on meta, tiny training, sampling, conditioning contracts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
+from videolavit.models.video_detokenizer import (
+    PAPER_MOTION_ENCODER,
+    PAPER_UNET,
+    VideoDetokenizer,
+    spatiotemporal_unet_forward,
+)
+
+SDXL_UNET = {  # LaVIT's high-res keyframe decoder is an SDXL-shaped UNet2DConditionModel (paper.md §5)
+    "block_out_channels": [320, 640, 1280],
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "layers_per_block": 2,
+    "transformer_layers_per_block": [1, 2, 10],
+    "attention_head_dim": [5, 10, 20],
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny models run many small ops; on the shared 2-core CPU a second torch thread made these tests ~10× slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _svd_vae():
+    """SVD's AutoencoderKLTemporalDecoder layout (4 latent channels, ×8 down-sampling)."""
+    from diffusers import AutoencoderKLTemporalDecoder
+
+    return AutoencoderKLTemporalDecoder(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        layers_per_block=2,
+        latent_channels=4,
+    )
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_paper_video_unet_is_svd_shaped_with_motion_channels():
+    with torch.device("meta"):
+        model = VideoDetokenizer(
+            frames=24, height=384, width=384, unet=PAPER_UNET, motion_encoder=PAPER_MOTION_ENCODER,
+            sigma_data=1.0, sigma_max=700.0, vae=_svd_vae(),
+        )  # fmt: skip
+        features = model.motion_encoder(torch.zeros(1, 2, 24, 20, 36))
+    config = model.unet.config
+    assert config.in_channels == 10 and config.out_channels == 4  # 4 noisy + 4 keyframe latent + 2 motion
+    assert list(config.block_out_channels) == [320, 640, 1280, 1280]
+    assert list(config.num_attention_heads) == [5, 10, 10, 20]
+    assert config.cross_attention_dim == 1024
+    assert model.latent_size == (48, 48)
+    assert 1.45e9 < _count(model.unet) < 1.60e9  # SVD img2vid's U-Net: ~1.52 B
+    assert tuple(features.shape) == (1, 24, 256, 1024)  # 16×16 motion features per frame, at cross-attention width
+
+
+def test_paper_keyframe_unet_takes_sdxl_micro_conditioning():
+    with torch.device("meta"):
+        vae_like = _svd_vae()
+        model = KeyframeDetokenizer(cond_dim=1408, image_size=(1024, 1024), unet=SDXL_UNET, vae=vae_like)
+    assert model.unet.config.in_channels == 4 and model.latent_size == (128, 128)
+    assert model.cond_proj.out_features == 2048
+    assert model.pool_proj.out_features == 1280  # 2816 − 6 time ids × 256
+    assert 2.4e9 < _count(model.unet) < 2.7e9  # SDXL's U-Net: ~2.57 B
+
+
+def test_per_frame_forward_matches_diffusers_when_every_frame_shares_the_context():
+    torch.manual_seed(0)
+    model = VideoDetokenizer(frames=3, height=8, width=8, motion_encoder={"grid": [4, 4], "depth": 1}).eval()
+    B, T = 2, 3
+    sample = torch.randn(B, T, 8, 8, 8)  # 3 noisy + 3 keyframe + 2 motion channels
+    context = torch.randn(B, 5, 64)
+    ids = torch.tensor([[6.0, 127.0, 0.02]] * B)
+    c_noise = torch.tensor([0.3, -0.2])
+    with torch.no_grad():
+        reference = model.unet(sample, c_noise, context, ids).sample
+        ours = spatiotemporal_unet_forward(model.unet, sample, c_noise, context.repeat_interleave(T, dim=0), ids)
+        # and per-frame contexts really reach the frames: changing frame 2's context changes the output
+        other = context.repeat_interleave(T, dim=0).clone()
+        other[2] += 1.0
+        changed = spatiotemporal_unet_forward(model.unet, sample, c_noise, other, ids)
+    torch.testing.assert_close(ours, reference)
+    assert not torch.allclose(changed[0], ours[0])
+
+
+def _fit(model, batch, steps, lr):
+    """Mean loss over 3 fixed noise draws before and after ``steps`` AdamW steps on one batch."""
+
+    def evaluate():
+        model.eval()
+        value = (
+            sum(model.training_loss(*batch, generator=torch.Generator().manual_seed(s)).item() for s in range(3)) / 3
+        )
+        model.train()
+        return value
+
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=lr)
+    before = evaluate()
+    for _ in range(steps):
+        loss = model.training_loss(*batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return before, evaluate()
+
+
+def test_keyframe_detokenizer_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = KeyframeDetokenizer(cond_dim=16, image_size=(8, 8), cond_dropout=0.0)
+    images, cond = torch.rand(4, 3, 8, 8) * 2 - 1, torch.randn(4, 6, 16)
+    before, after = _fit(model, (images, cond), steps=50, lr=2e-3)
+    assert after < 0.6 * before
+
+
+def test_video_detokenizer_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = VideoDetokenizer(frames=4, height=8, width=8, motion_encoder={"grid": [4, 4], "depth": 1}, cond_dropout=0.0)
+    frames, motion = torch.rand(1, 4, 3, 8, 8) * 2 - 1, torch.randn(1, 2, 4, 4, 4) * 0.1
+    before, after = _fit(model, (frames, frames[:, 0], motion), steps=30, lr=3e-3)
+    assert after < 0.7 * before
+
+
+def test_full_condition_dropout_makes_the_keyframe_loss_ignore_the_condition():
+    torch.manual_seed(0)
+    model = KeyframeDetokenizer(cond_dim=16, image_size=(8, 8), cond_dropout=1.0).train()
+    images = torch.rand(2, 3, 8, 8) * 2 - 1
+    loss = lambda cond: model.training_loss(images, cond, generator=torch.Generator().manual_seed(0)).item()  # noqa: E731
+    a, b = torch.randn(2, 6, 16), torch.randn(2, 6, 16)
+    assert loss(a) == loss(b)
+    model.eval()  # no dropout outside training: the condition matters
+    assert loss(a) != loss(b)
+
+
+def test_keyframe_sampling_gives_uint8_images_and_is_seeded():
+    torch.manual_seed(0)
+    model = KeyframeDetokenizer(cond_dim=16, image_size=(8, 12)).eval()
+    cond = torch.randn(2, 6, 16)
+    images = model.sample(cond, steps=4, guidance=3.0, generator=torch.Generator().manual_seed(0))
+    again = model.sample(cond, steps=4, guidance=3.0, generator=torch.Generator().manual_seed(0))
+    assert images.shape == (2, 8, 12, 3) and images.dtype == torch.uint8
+    assert torch.equal(images, again)
+    floats = model.sample(cond, steps=4, guidance=1.0, output_type="float")
+    assert floats.shape == (2, 3, 8, 12) and floats.min() >= -1 and floats.max() <= 1
+
+
+def test_video_sampling_shapes_and_init_noise():
+    torch.manual_seed(0)
+    model = VideoDetokenizer(frames=4, height=8, width=8, motion_encoder={"grid": [4, 4], "depth": 1}).eval()
+    keyframe, motion = torch.rand(1, 3, 8, 8) * 2 - 1, torch.randn(1, 2, 3, 4, 4) * 0.1  # 3 ≤ 4 frames
+    noise = torch.randn(1, 3, 3, 8, 8)
+    a = model.sample(
+        keyframe, motion, steps=3, max_guidance=3.0, init_noise=noise, generator=torch.Generator().manual_seed(1)
+    )
+    b = model.sample(
+        keyframe, motion, steps=3, max_guidance=3.0, init_noise=noise, generator=torch.Generator().manual_seed(1)
+    )
+    assert a.shape == (1, 3, 3, 8, 8) and a.min() >= -1 and a.max() <= 1
+    torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="init_noise"):
+        model.sample(keyframe, motion, steps=3, init_noise=torch.randn(1, 4, 3, 8, 8))
+
+
+def test_bad_inputs_name_the_problem():
+    model = VideoDetokenizer(frames=4, height=8, width=8, motion_encoder={"grid": [4, 4], "depth": 1})
+    frames = torch.zeros(1, 4, 3, 8, 8)
+    with pytest.raises(ValueError, match="motion must be"):
+        model.training_loss(frames, frames[:, 0], torch.zeros(1, 2, 5, 4, 4))  # 5 motion frames for a 4-frame clip
+    with pytest.raises(ValueError, match="keyframe must be"):
+        model.training_loss(frames, torch.zeros(1, 3, 16, 16), torch.zeros(1, 2, 4, 4, 4))
+    with pytest.raises(ValueError, match="at most 4"):
+        model.training_loss(torch.zeros(1, 6, 3, 8, 8), frames[:, 0], torch.zeros(1, 2, 6, 4, 4))
+    keyframe = KeyframeDetokenizer(cond_dim=16, image_size=(8, 8))
+    with pytest.raises(ValueError, match="cond must be"):
+        keyframe.training_loss(torch.zeros(1, 3, 8, 8), torch.zeros(1, 6, 32))
+    with pytest.raises(ValueError, match="uint8"):
+        keyframe.training_loss(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, 6, 16))
