@@ -21,6 +21,17 @@ def _isolated_tracking(tmp_path_factory):
         os.environ["MLFLOW_TRACKING_URI"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny models are dominated by per-op overhead, where a second intra-op thread costs more than it gives."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def tiny_cfg_factory(tmp_path):
     """``make(*overrides)`` → the tiny config with every path under tmp_path (params.yaml ignored)."""
