@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from videolavit.config import register_section
 
@@ -33,6 +33,7 @@ class TrainLoopConfig:
     resume: str = "never"  # never | auto (continue from runs/<stage>/last.ckpt when it exists) | a path
     strategy: Optional[str] = None  # None: compute.strategy
     precision: Optional[str] = None  # None: compute.precision
+    accumulate_grad_batches: int = 1  # batches per optimizer step (global batch = batch_size × devices × nodes × this)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class MotionTokenizerModelConfig:
     kmeans_init: bool = True
     dead_code_threshold: float = 2.0
     commitment_weight: float = 0.25
+    attention: str = "factorized"  # factorized (paper: spatial then temporal) | joint (one attention over T·H·W)
 
 
 @dataclass
@@ -65,3 +67,297 @@ class MotionTokenizerStageConfig:
 
 
 register_section("motion_tokenizer", MotionTokenizerStageConfig)
+
+
+@dataclass
+class EvaluatorClassifierConfig:
+    """The corpus video classifier: one head per attribute; its penultimate features are the corpus FVD extractor."""
+
+    input_size: Optional[list] = None  # [H, W] frames are resized to; None: [video.frames_height, video.frames_width]
+    patch: int = 4  # stem patch (px): 3 frames × patch × patch per stem position
+    channels: list = field(default_factory=lambda: [32, 64, 128])
+    feature_dim: int = 128  # FVD feature size
+    dropout: float = 0.1
+
+
+@dataclass
+class EvaluatorCLIPConfig:
+    """The corpus CLIP: word-level text transformer + frame encoder, contrastive (CLIPSIM proxy)."""
+
+    image_size: Optional[list] = None  # None: [video.frames_height, video.frames_width]
+    patch: int = 4
+    image_channels: list = field(default_factory=lambda: [32, 64, 128])
+    embed_dim: int = 128
+    text_dim: int = 128
+    text_layers: int = 2
+    text_heads: int = 4
+    max_words: int = 64
+    min_word_count: int = 1  # words rarer than this in the train captions become <unk>
+    eval_frames: int = 4  # frames per clip averaged into the clip embedding for validation retrieval
+
+
+@dataclass
+class EvaluatorsStageConfig:
+    """The evaluators stage: corpus-trained FVD/attribute classifier and CLIP (used when no I3D/CLIP path is set)."""
+
+    attributes: Optional[list] = None  # None: every attribute listed in the corpus meta.json
+    classifier: EvaluatorClassifierConfig = field(default_factory=EvaluatorClassifierConfig)
+    clip: EvaluatorCLIPConfig = field(default_factory=EvaluatorCLIPConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+
+register_section("evaluators", EvaluatorsStageConfig)
+
+
+@dataclass
+class ReportStageConfig:
+    """The report stage: paper-style tables and figures from the MLflow runs."""
+
+    experiment: Optional[str] = None  # None: tracking.experiment
+    curve_stages: list = field(
+        default_factory=lambda: ["motion_tokenizer", "visual_tokenizer", "detokenizer", "pretrain", "instruct", "evaluators"]
+    )
+    max_curve_panels: int = 6  # metrics drawn per stage figure (train/loss first, then val/*)
+
+
+register_section("report", ReportStageConfig)
+
+
+@dataclass
+class LMArchitectureConfig:
+    """transformers config keys of an LM built from scratch (ignored when ``lm.model.pretrained_path`` is set)."""
+
+    model_type: str = "llama"
+    hidden_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: Optional[int] = None  # None: = num_attention_heads
+    intermediate_size: int = 352
+    max_position_embeddings: int = 1024
+    rms_norm_eps: float = 1e-5
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = False
+    attn_implementation: Optional[str] = None  # sdpa | eager | flash_attention_2; None: transformers' default
+
+
+@dataclass
+class LMModelConfig:
+    """Where the LM comes from: a local checkpoint (Llama-2-7B, LaVIT-7B) or ``config``; rows for new ids per lm.py."""
+
+    pretrained_path: Optional[str] = None
+    config: LMArchitectureConfig = field(default_factory=LMArchitectureConfig)
+    dtype: Optional[str] = None  # float32 | bfloat16 | float16; None: the checkpoint's / float32
+    noise_scale: float = 0.01
+
+
+@dataclass
+class LMGenerateConfig:
+    """Decoding settings of generation (text→video, image→video) and QA answers."""
+
+    image_tokens: list = field(default_factory=lambda: [1, 64])  # [min, max] visual codes of a generated keyframe
+    temperature: float = 1.0
+    top_k: Optional[int] = 50
+    top_p: Optional[float] = None
+    guidance_scale: Optional[float] = 4.0
+    motion_temperature: float = 0.0  # the official motion decoding is greedy
+    motion_guidance_scale: Optional[float] = 7.0
+    max_answer_tokens: int = 16
+
+
+@dataclass
+class FSDPConfig:
+    """Lightning FSDPStrategy built from config when a stage's strategy is ``fsdp``."""
+
+    wrap_modules: Optional[list] = None  # class names of the wrap unit; None: the model's _no_split_modules
+    sharding_strategy: str = "FULL_SHARD"  # FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+    activation_checkpointing: bool = True  # recompute each wrap unit's activations in the backward pass
+    state_dict_type: str = "sharded"  # sharded (one file per rank, fast) | full (one file, gathered on rank 0)
+    cpu_offload: bool = False
+
+
+@dataclass
+class LMConfig:
+    """The unified language model shared by pretrain, instruct, evaluate and generate."""
+
+    model: LMModelConfig = field(default_factory=LMModelConfig)
+    seq_len: int = 2048
+    template: str = "vicuna_v1"  # vicuna_v1 | video_lavit_released (the released SFT weights' literal "\n")
+    video_input: str = "media"  # media: keyframe + motion per clip | frames_media: frames only (no-motion ablation)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    generate: LMGenerateConfig = field(default_factory=LMGenerateConfig)
+
+
+register_section("lm", LMConfig)
+
+
+@dataclass
+class LMOptimConfig(OptimConfig):
+    """AdamW + cosine; ``lr_other`` is the LR of the embedding and output head, which hold the new multimodal rows."""
+
+    lr_other: Optional[float] = None  # None: lr
+    min_lr_ratio: float = 0.0  # the cosine ends at min_lr_ratio × peak
+
+
+@dataclass
+class LMTrainLoopConfig(TrainLoopConfig):
+    """Training loop of an LM stage; ``devices`` / ``num_nodes`` override the compute section for this stage."""
+
+    devices: Optional[Any] = None
+    num_nodes: Optional[int] = None
+
+
+@dataclass
+class PretrainMixConfig:
+    """Relative sampling weights of the pretraining sources (normalized; a source without data is skipped)."""
+
+    video_text: float = 0.6
+    image_text: float = 0.25
+    text: float = 0.15  # text-only: pretrain.text_files when given, else the corpus captions alone
+    qa: float = 0.0  # media + one question/answer turn in the conversation template
+
+
+@dataclass
+class PretrainStageConfig:
+    """Generative pretraining (paper §3.3, Table 8): next-token loss over packed [media, text] / [text, media]."""
+
+    mix: PretrainMixConfig = field(default_factory=PretrainMixConfig)
+    both_orders: bool = True  # each pair as [media, caption] and as [caption, media]
+    text_files: list = field(default_factory=list)  # local .txt (blank-line separated) or .jsonl {"text"} files
+    pack_lookahead: int = 64  # pending samples the packer searches for one that fills a window's rest
+    optim: LMOptimConfig = field(default_factory=LMOptimConfig)
+    train: LMTrainLoopConfig = field(default_factory=LMTrainLoopConfig)
+
+
+register_section("pretrain", PretrainStageConfig)
+
+
+@dataclass
+class InstructEvalConfig:
+    """Held-out QA after instruction tuning: greedy answers, exact match by question type."""
+
+    split: str = "test"
+    max_questions: Optional[int] = None  # None: all; else a seeded sample stratified by type
+    batch_size: int = 16
+    max_new_tokens: int = 8
+
+
+@dataclass
+class InstructStageConfig:
+    """Instruction tuning (paper §3.3, LLaVA-v1.5 recipe): Vicuna-v1 conversations, loss on answers only."""
+
+    init_from: Optional[str] = None  # None: <paths.models>/lm_pretrain
+    turns_per_conversation: int = 1  # >1: a medium's single-turn QA are merged into multi-turn dialogues (LLaVA)
+    pack: bool = False  # concatenate conversations into rows of lm.seq_len (no padding; rows attend across them)
+    optim: LMOptimConfig = field(default_factory=LMOptimConfig)
+    train: LMTrainLoopConfig = field(default_factory=LMTrainLoopConfig)
+    eval: InstructEvalConfig = field(default_factory=InstructEvalConfig)
+
+
+register_section("instruct", InstructStageConfig)
+
+
+@dataclass
+class VisualTokenizerModelConfig:
+    """LaVIT dynamic visual tokenizer (paper §3.1, LaVIT): ViT (or a frozen local teacher), selector, merger, VQ."""
+
+    image_size: Optional[int] = None  # None: video.keyframe_size (the keyframes are stored at the tokenizer input)
+    patch_size: int = 14
+    width: int = 1408
+    depth: int = 40
+    heads: int = 16
+    mlp_ratio: float = 4.3637
+    merger_depth: int = 12
+    merger_causal: bool = True
+    decoder_width: Optional[int] = None  # None: width
+    decoder_depth: int = 12
+    decoder_heads: Optional[int] = None  # None: heads
+    code_dim: int = 32
+    codebook_size: int = 16384
+    ema_decay: float = 0.995
+    kmeans_init: bool = True
+    dead_code_threshold: float = 2.0
+    commitment_weight: float = 0.25
+    keep_ratio: float = 0.3333333333333333  # ρ: mean fraction of patches kept (LaVIT: 1/3 → ~85 of 256)
+    keep_weight: float = 2.0
+    gumbel_tau: float = 1.0
+    selection: str = "expected"  # expected | threshold | topk (deterministic inference; models/visual_tokenizer.py)
+    rec_loss: str = "auto"  # auto (cosine to a teacher, MSE to pixels) | cosine | mse
+    teacher_path: Optional[str] = None  # a local transformers vision model (EVA-CLIP / CLIP); None: pixel target
+
+
+@dataclass
+class VisualTokenizerStageConfig:
+    """The visual_tokenizer stage: trains on the clips' keyframes and the corpus images."""
+
+    keyframes: bool = True  # train on the train clips' keyframes
+    images: bool = True  # train on the corpus train images
+    sample_images: int = 6  # images drawn in each validation figure (kept patches, reconstruction)
+    model: VisualTokenizerModelConfig = field(default_factory=VisualTokenizerModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+
+register_section("visual_tokenizer", VisualTokenizerStageConfig)
+
+
+@dataclass
+class TokenizeStageConfig:
+    """The tokenize stage: every corpus sample → unified-vocabulary ids in token shards (data/tokens.py)."""
+
+    text_tokenizer_path: Optional[str] = None  # a local pretrained tokenizer (Llama-2's); None: BPE on the corpus
+    text_vocab_size: int = 32000  # BPE only
+    text_min_frequency: int = 2  # BPE only
+    text_size_multiple: int = 64  # vocab text_size = len(text tokenizer) rounded up to this (Llama-2: 32000 stays)
+    visual_tokenizer_path: Optional[str] = None  # None: <paths.models>/visual_tokenizer
+    motion_tokenizer_path: Optional[str] = None  # None: <paths.models>/motion_tokenizer
+    ablation_frames: Optional[int] = None  # frames per video in frames_media; None: 2 per clip (paper T6: 16)
+    baseline_split: str = "val"  # clips the per-frame token baseline is measured on
+    baseline_clips: Optional[int] = None  # at most this many of them (None: all)
+    batch_size: int = 32  # clips (or images) per tokenizer forward
+    records_per_shard: int = 10_000
+
+
+register_section("tokenize", TokenizeStageConfig)
+
+
+@dataclass
+class GenerateConfig:
+    """``videolavit generate`` and the evaluate stage's samples: the task, the models, the detokenizers' sampling."""
+
+    task: str = "text_to_video"  # text_to_video | image_to_video | qa
+    image: Optional[str] = None  # image_to_video: the first frame (an image file)
+    media: Optional[str] = None  # qa: the image or video file the question is about
+    clips: int = 1  # > 1: a long video, clip after clip with the token history as the prompt
+    lm_path: Optional[str] = None  # None: <paths.models>/lm_pretrain (generation) or lm_instruct (qa)
+    detokenizer_path: Optional[str] = None  # None: <paths.models>/detokenizer (keyframe/ and video/)
+    keyframe_steps: int = 50  # DDIM steps of the keyframe detokenizer
+    keyframe_guidance: float = 7.0  # its CFG against a zero condition (official notebooks: 7.0)
+    video_steps: int = 25  # Euler steps of the video detokenizer
+    video_guidance: float = 4.0  # the last frame's CFG (rising linearly from 1.0 over the clip)
+    noise_constraint: str = "ddim_inversion"  # ddim_inversion (paper Eq. 4) | add_noise (official code) | none
+    inverse_rate: float = 0.85  # later keyframes resume at timestep index int(rate × keyframe_steps)
+    fps: Optional[float] = None  # of the written video; None: video.fps
+    gif: bool = True  # write a GIF beside the MP4
+    seed: Optional[int] = None  # None: the top-level seed
+
+
+register_section("generate", GenerateConfig)
+
+
+@dataclass
+class EvaluateStageConfig:
+    """The evaluate stage: a versioned protocol (``conf/eval/<name>.yaml``) run on every trained model."""
+
+    protocol: str = "tiny_v1"  # a file name in conf/eval/ (without .yaml) or a path to a protocol YAML
+    protocol_overrides: list = field(default_factory=list)  # key=value edits of the protocol (the run is tagged so)
+    qa_lm_path: Optional[str] = None  # None: <paths.models>/lm_instruct
+    generation_lm_path: Optional[str] = None  # None: generate.lm_path, else <paths.models>/lm_pretrain
+    no_motion_lm_path: Optional[str] = None  # an LM tuned with lm.video_input=frames_media; None: the QA LM itself
+    evaluators_path: Optional[str] = None  # None: <paths.models>/evaluators
+    i3d_path: Optional[str] = None  # local StyleGAN-V i3d_torchscript.pt → t2v/fvd_i3d (else the corpus classifier)
+    clip_path: Optional[str] = None  # local CLIP (transformers) directory → t2v/clipsim_clip (else the corpus CLIP)
+    reference_motion_tokens: Optional[int] = None  # N of the main runs; None: the profile's motion tokenizer grid
+
+
+register_section("evaluate", EvaluateStageConfig)

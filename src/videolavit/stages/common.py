@@ -159,8 +159,10 @@ def make_trainer(
         strategy=train_cfg.strategy or cfg.compute.strategy,
         precision=train_cfg.precision or cfg.compute.precision,
         max_steps=int(train_cfg.max_steps),
+        accumulate_grad_batches=int(getattr(train_cfg, "accumulate_grad_batches", 1) or 1),
         max_epochs=-1,
-        val_check_interval=int(train_cfg.val_every_n_steps),
+        # Lightning counts val_check_interval in batches; the config counts optimizer steps.
+        val_check_interval=int(train_cfg.val_every_n_steps) * int(getattr(train_cfg, "accumulate_grad_batches", 1) or 1),
         check_val_every_n_epoch=None,
         limit_val_batches=train_cfg.val_batches if train_cfg.val_batches is not None else 1.0,
         log_every_n_steps=int(train_cfg.log_every_n_steps),
