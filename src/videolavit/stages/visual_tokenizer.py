@@ -1,0 +1,269 @@
+"""Stage ``visual_tokenizer``: train the LaVIT dynamic visual tokenizer on the clips' keyframes and the corpus images.
+
+``videolavit visual_tokenizer [key=value ...]`` → ``models/visual_tokenizer/`` (safetensors + config.json) and
+``metrics/visual_tokenizer.json``. Resume after a kill with ``visual_tokenizer.train.resume=auto``. With
+``visual_tokenizer.model.teacher_path`` set, the target is that frozen local vision model's patch features (LaVIT
+reconstructs EVA-CLIP's); otherwise the pixels of each patch. Validation uses the deterministic inference selection,
+so ``val/tokens_per_image`` is the count the tokenize stage will produce.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+from omegaconf import DictConfig
+
+from videolavit import tracking
+from videolavit.config import section_kwargs
+from videolavit.data.datamodules import ImageDataModule
+from videolavit.models.quantizer import code_statistics
+from videolavit.models.visual_tokenizer import CLIP_MEAN, CLIP_STD, VisualTokenizer, count_parameters, preprocess_images
+from videolavit.stages.common import cosine_with_warmup, make_trainer, resume_checkpoint, seed_everything, stage_entry
+
+STAGE = "visual_tokenizer"
+NO_DECAY = ("pos_embed", "token_pos", "queries")  # position tables and learned queries are not weight-decayed
+
+
+class VisualEvaluation:
+    """Validation metrics over many batches: reconstruction loss, tokens per image (mean, spread), code usage."""
+
+    def __init__(self, codebook_size: int, num_patches: int):
+        self.codebook_size, self.num_patches = codebook_size, num_patches
+        self.rec_sum, self.images = 0.0, 0
+        self.counts: list[int] = []
+        self.codes: list[torch.Tensor] = []
+
+    def update(self, out: dict) -> None:
+        batch = int(out["keep_mask"].shape[0])
+        self.rec_sum += float(out["rec_loss"]) * batch
+        self.images += batch
+        self.counts += out["keep_mask"].sum(1).tolist()
+        self.codes += [c.detach().cpu() for c in out["codes"]]
+
+    def compute(self, prefix: str = "val") -> dict[str, float]:
+        if not self.images:
+            return {}
+        counts = torch.tensor(self.counts, dtype=torch.float64)
+        stats = code_statistics(torch.cat(self.codes), self.codebook_size)
+        return {
+            f"{prefix}/rec_loss": self.rec_sum / self.images,
+            f"{prefix}/tokens_per_image": float(counts.mean()),
+            f"{prefix}/tokens_per_image_std": float(counts.std(unbiased=False)),
+            f"{prefix}/tokens_per_image_min": float(counts.min()),
+            f"{prefix}/tokens_per_image_max": float(counts.max()),
+            f"{prefix}/keep_fraction": float(counts.mean()) / self.num_patches,
+            f"{prefix}/codebook_usage": stats["codebook_usage"],
+            f"{prefix}/perplexity": stats["perplexity"],
+        }
+
+
+class VisualTokenizerModule(L.LightningModule):
+    """Reconstruction + commitment + keep-ratio loss (the model's); AdamW with cosine warm-up; exact resume."""
+
+    def __init__(self, model_kwargs: dict, optim: dict, max_steps: int, samples_dir: Optional[str] = None, sample_images: int = 6):
+        super().__init__()
+        self.model = VisualTokenizer(**model_kwargs)
+        # a frozen teacher (EVA-CLIP: 1 B parameters) is left out of checkpoints; the model reloads it from its path
+        self.strict_loading = self.model.teacher is None
+        self.optim, self.max_steps = optim, int(max_steps)
+        self.samples_dir = Path(samples_dir) if samples_dir else None
+        self.sample_images = int(sample_images)
+        self.evaluation: Optional[VisualEvaluation] = None
+        self.sample: Optional[dict] = None
+        self.last_train_loss = float("nan")
+        self._rng_to_restore: Optional[dict] = None
+
+    def _pixels(self, batch: dict) -> torch.Tensor:
+        # preprocess keeps its constants on the host; the uint8 batch is small, so normalize there
+        return preprocess_images(batch["image"].cpu(), self.model.image_size).to(self.device)  # [B, 3, S, S]
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.model(self._pixels(batch))
+        self.log_dict(
+            {
+                "train/loss": out["loss"], "train/rec_loss": out["rec_loss"], "train/commit_loss": out["commit_loss"],
+                "train/keep_loss": out["keep_loss"], "train/keep_fraction": out["keep_fraction"],
+                "train/tokens_per_image": out["num_tokens"],
+            }
+        )  # fmt: skip
+        self.last_train_loss = float(out["loss"].detach())
+        return out["loss"]
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluation = VisualEvaluation(self.model.codebook_size, self.model.num_patches)
+        self.sample = None
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pixels = self._pixels(batch)
+        out = self.model(pixels)
+        self.evaluation.update(out)
+        if self.sample is None:
+            self.sample = _sample(pixels, out, self.sample_images)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.evaluation.compute("val") if self.evaluation else {}
+        if metrics:
+            self.log_dict(metrics, sync_dist=True)
+        if self.sample is not None and self.samples_dir is not None and self.trainer.is_global_zero:
+            path = save_token_figure(self.samples_dir / f"val_step{self.global_step:06d}.png", self.model, **self.sample)
+            tracking.active().log_artifact(path, "samples")
+
+    def configure_optimizers(self):
+        named = [(n, p) for n, p in self.model.named_parameters() if not n.startswith("teacher.")]
+        decay = [p for n, p in named if p.ndim >= 2 and not n.endswith(NO_DECAY)]
+        no_decay = [p for n, p in named if not (p.ndim >= 2 and not n.endswith(NO_DECAY))]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": float(self.optim["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=float(self.optim["lr"]), betas=tuple(float(b) for b in self.optim["betas"]), eps=float(self.optim["eps"]),
+        )  # fmt: skip
+        scheduler = cosine_with_warmup(optimizer, int(self.optim["warmup_steps"]), self.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # Gumbel sampling and dead-code restarts draw from the global RNG: a resumed run restores it before its first batch.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("model.teacher.")]:
+            del state[key]
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            self._rng_to_restore = None
+
+
+class Throughput(L.Callback):
+    """Training images per second over the steps this process ran."""
+
+    def __init__(self):
+        self.images, self.seconds, self._started = 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.seconds += time.perf_counter() - self._started
+        self.images += len(batch["key"])
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else float("nan")
+
+
+def _sample(pixels: torch.Tensor, out: dict, count: int) -> dict:
+    k = min(count, pixels.shape[0])
+    return {
+        "pixels": pixels[:k].detach().float().cpu(),
+        "keep": out["keep_mask"][:k].detach().cpu(),
+        "reconstruction": out["reconstruction"][:k].detach().float().cpu(),
+    }
+
+
+def _to_rgb(pixels: torch.Tensor) -> torch.Tensor:
+    """CLIP-normalized [B, 3, S, S] → [B, S, S, 3] in [0, 1]."""
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    return (pixels * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def save_token_figure(
+    path: Path, model: VisualTokenizer, pixels: torch.Tensor, keep: torch.Tensor, reconstruction: torch.Tensor
+) -> Path:
+    """PNG: each image with its dropped patches dimmed (the kept ones became tokens), and, for a pixel target, the
+    image the decoder rebuilt from those tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g, p = model.image_size // model.patch_size, model.patch_size
+    shade = keep.float().view(-1, g, g).repeat_interleave(p, 1).repeat_interleave(p, 2)  # [B, S, S]
+    images = _to_rgb(pixels)  # [B, S, S, 3]
+    rows = [("tokens (kept patches)", images * (0.25 + 0.75 * shade[..., None]))]
+    if model.teacher is None:  # the target is pixels: show what the tokens decode to
+        rows.append(("reconstruction", _to_rgb(model.unpatchify(reconstruction))))
+    fig, axes = plt.subplots(len(rows), images.shape[0], figsize=(1.6 * images.shape[0], 1.8 * len(rows)), squeeze=False)
+    for r, (name, row) in enumerate(rows):
+        for c in range(images.shape[0]):
+            ax = axes[r][c]
+            ax.imshow(row[c].numpy(), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"{int(keep[c].sum())} tokens" if r == 0 else name, fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def model_kwargs(cfg: DictConfig) -> dict:
+    """The model section as constructor arguments; ``image_size`` null follows ``video.keyframe_size``."""
+    kwargs = section_kwargs(cfg.visual_tokenizer.model)
+    if kwargs.get("image_size") is None:
+        kwargs["image_size"] = int(cfg.video.keyframe_size)
+    return kwargs
+
+
+@torch.no_grad()
+def evaluate(model: VisualTokenizer, loader, prefix: str = "val") -> dict[str, float]:
+    """Metrics of ``model`` over every batch of ``loader`` (eval mode: deterministic selection, no codebook update)."""
+    evaluation = VisualEvaluation(model.codebook_size, model.num_patches)
+    model.eval()
+    for batch in loader:
+        evaluation.update(model(model.preprocess(batch["image"])))
+    return evaluation.compute(prefix)
+
+
+def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
+    """Train (or resume), save the model, and return the final metrics. ``run`` wraps this in an MLflow run."""
+    seed_everything(int(cfg.seed))
+    stage_cfg, train_cfg = cfg.visual_tokenizer, cfg.visual_tokenizer.train
+    kwargs = model_kwargs(cfg)
+    datamodule = ImageDataModule(
+        cfg, kwargs["image_size"], int(train_cfg.batch_size), keyframes=bool(stage_cfg.keyframes), images=bool(stage_cfg.images)
+    )
+    runs_dir = Path(cfg.paths.runs) / STAGE
+    module = VisualTokenizerModule(
+        kwargs, section_kwargs(stage_cfg.optim), int(train_cfg.max_steps), str(runs_dir / "samples"), int(stage_cfg.sample_images)
+    )
+    throughput = Throughput()
+    trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=[throughput, *(callbacks or [])])
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, STAGE, train_cfg.resume))
+
+    model = module.model.cpu().eval()
+    out_dir = Path(cfg.paths.models) / STAGE
+    if trainer.is_global_zero:
+        model.save_pretrained(out_dir)
+    metrics = evaluate(model, datamodule.val_dataloader(), "val")
+    metrics.update(
+        {
+            "global_step": float(trainer.global_step),
+            "train/loss": module.last_train_loss,
+            "train/images_per_second": throughput.images_per_second,
+            "num_patches": float(model.num_patches),
+            "parameters_trainable": float(sum(p.numel() for p in model.trainable_parameters())),
+            "parameters_teacher": float(count_parameters(model.teacher)),
+        }
+    )
+    print(
+        f"visual_tokenizer: step {trainer.global_step}, {throughput.images_per_second:.1f} images/s, "
+        f"val/rec_loss {metrics.get('val/rec_loss', float('nan')):.4f}, "
+        f"{metrics.get('val/tokens_per_image', float('nan')):.1f} ± {metrics.get('val/tokens_per_image_std', float('nan')):.1f} "
+        f"tokens of {model.num_patches} patches, codebook usage {metrics.get('val/codebook_usage', float('nan')):.2f} → {out_dir}"
+    )
+    return metrics
+
+
+@stage_entry(STAGE)
+def run(cfg: DictConfig) -> dict[str, float]:
+    return fit(cfg)
