@@ -1,0 +1,253 @@
+"""Stage ``motion_tokenizer``: train the MotionTokenizer VQ-VAE on the clips' motion fields (paper §3.1, Table 8).
+
+``videolavit motion_tokenizer [key=value ...]`` → ``models/motion_tokenizer/`` (safetensors + config.json) and
+``metrics/motion_tokenizer.json``. Resume after a kill with ``motion_tokenizer.train.resume=auto``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from videolavit import tracking
+from videolavit.config import section_kwargs
+from videolavit.data.datamodules import ClipDataModule
+from videolavit.errors import ConfigError
+from videolavit.metrics.motion import MotionEPE
+from videolavit.models.motion_tokenizer import MotionTokenizer
+from videolavit.models.quantizer import code_statistics
+from videolavit.stages.common import cosine_with_warmup, make_trainer, resume_checkpoint, seed_everything, stage_entry
+from videolavit.video.motion import denormalize_motion
+
+STAGE = "motion_tokenizer"
+SAMPLE_FRAMES = (1, 6, 11, 13, 18, 23)  # frames drawn in the validation figure (0 and 12 are I-frames)
+
+
+class MotionEvaluation:
+    """Validation metrics over many batches: reconstruction MSE, EPE in px/frame (and of predicting zero), code usage."""
+
+    def __init__(self, video_cfg: Any, codebook_size: int):
+        self.video_cfg, self.codebook_size = video_cfg, codebook_size
+        self.epe, self.epe_zero = MotionEPE(), MotionEPE()
+        self.squared_error, self.values = 0.0, 0
+        self.codes: list[torch.Tensor] = []
+
+    def update(self, motion: torch.Tensor, reconstruction: torch.Tensor, codes: torch.Tensor) -> None:
+        motion, reconstruction = motion.detach().float().cpu(), reconstruction.detach().float().cpu()
+        self.squared_error += float(F.mse_loss(reconstruction, motion, reduction="sum"))
+        self.values += motion.numel()
+        target_px = denormalize_motion(motion, self.video_cfg, axis=1)  # [B, 2, T, h, w] px/frame
+        self.epe.update(denormalize_motion(reconstruction, self.video_cfg, axis=1), target_px)
+        self.epe_zero.update(torch.zeros_like(target_px), target_px)
+        self.codes.append(codes.detach().cpu())
+
+    def compute(self, prefix: str = "val") -> dict[str, float]:
+        if not self.values:
+            return {}
+        stats = code_statistics(torch.cat([c.reshape(-1) for c in self.codes]), self.codebook_size)
+        epe, zero = float(self.epe.compute()), float(self.epe_zero.compute())
+        return {
+            f"{prefix}/rec_loss": self.squared_error / self.values,
+            f"{prefix}/epe": epe,
+            f"{prefix}/epe_zero_baseline": zero,
+            f"{prefix}/epe_ratio": epe / zero if zero > 0 else float("nan"),
+            f"{prefix}/codebook_usage": stats["codebook_usage"],
+            f"{prefix}/perplexity": stats["perplexity"],
+        }
+
+
+class MotionTokenizerModule(L.LightningModule):
+    """MSE reconstruction + commitment loss; AdamW with cosine warm-up; exact resume including the RNG state."""
+
+    def __init__(self, model_kwargs: dict, optim: dict, max_steps: int, video_cfg: Any, samples_dir: Optional[str] = None):
+        super().__init__()
+        self.model = MotionTokenizer(**model_kwargs)
+        self.optim, self.max_steps, self.video_cfg = optim, int(max_steps), video_cfg
+        self.samples_dir = Path(samples_dir) if samples_dir else None
+        self.evaluation: Optional[MotionEvaluation] = None
+        self.sample: Optional[tuple[torch.Tensor, torch.Tensor]] = None
+        self.last_train_loss = float("nan")
+        self._rng_to_restore: Optional[dict] = None
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        motion = batch["motion"]  # [B, 2, T, h, w]
+        out = self.model(motion)
+        rec_loss = F.mse_loss(out["reconstruction"], motion)
+        loss = rec_loss + out["vq_loss"]
+        self.log_dict({"train/loss": loss, "train/rec_loss": rec_loss, "train/vq_loss": out["vq_loss"]}, prog_bar=False)
+        self.last_train_loss = float(loss.detach())
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self.evaluation, self.sample = MotionEvaluation(self.video_cfg, self.model.codebook_size), None
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        motion = batch["motion"]
+        out = self.model(motion)
+        self.evaluation.update(motion, out["reconstruction"], out["codes"])
+        if self.sample is None:
+            self.sample = (motion[0].detach().cpu(), out["reconstruction"][0].detach().cpu())
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self.evaluation.compute("val") if self.evaluation else {}
+        if metrics:
+            self.log_dict(metrics)
+            self.log("tokens_per_clip", float(self.model.tokens_per_clip))
+        if self.sample is not None and self.samples_dir is not None and not self.trainer.sanity_checking:
+            path = self.samples_dir / f"val_step{self.global_step:06d}.png"
+            save_motion_figure(path, *self.sample, self.video_cfg)
+            tracking.active().log_artifact(path, "samples")
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and not n.endswith("_pos")]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and not n.endswith("_pos"))]
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": float(self.optim["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=float(self.optim["lr"]), betas=tuple(float(b) for b in self.optim["betas"]), eps=float(self.optim["eps"]),
+        )  # fmt: skip
+        scheduler = cosine_with_warmup(optimizer, int(self.optim["warmup_steps"]), self.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # Dead-code restarts draw from the global RNG, so a resumed run restores it before its first batch.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            self._rng_to_restore = None
+
+
+class Throughput(L.Callback):
+    """Training clips per second over the steps this process ran (printed and reported at the end)."""
+
+    def __init__(self):
+        self.clips, self.seconds, self._started = 0, 0.0, 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.seconds += time.perf_counter() - self._started
+        self.clips += len(batch["key"])
+
+    @property
+    def clips_per_second(self) -> float:
+        return self.clips / self.seconds if self.seconds else float("nan")
+
+
+def save_motion_figure(path: Path, motion: torch.Tensor, reconstruction: torch.Tensor, video_cfg: Any) -> Path:
+    """PNG: input (top) vs reconstructed (bottom) motion of one clip as HSV flow images (hue = direction)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import hsv_to_rgb
+
+    fields = [denormalize_motion(m.float(), video_cfg, axis=0).numpy() for m in (motion, reconstruction)]  # [2, T, h, w]
+    frames = [f for f in SAMPLE_FRAMES if f < motion.shape[1]] or [0]
+    peak = max(float(np.hypot(f[0], f[1]).max()) for f in fields) or 1.0
+    fig, axes = plt.subplots(2, len(frames), figsize=(2.2 * len(frames), 3.6), squeeze=False)
+    for row, (name, field) in enumerate(zip(("input", "reconstruction"), fields)):
+        for col, t in enumerate(frames):
+            dx, dy = field[0, t], field[1, t]
+            hue = (np.arctan2(dy, dx) / (2 * np.pi)) % 1.0
+            value = np.clip(np.hypot(dx, dy) / peak, 0.0, 1.0)
+            hsv = np.stack([hue, value, np.ones_like(hue)], axis=-1)  # [h, w, 3]: saturation = speed
+            ax = axes[row][col]
+            ax.imshow(hsv_to_rgb(hsv), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([])
+            ax.set_title(f"{name} t={t}", fontsize=7)
+    fig.suptitle(f"motion (px/frame), max {peak:.2f}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
+
+
+def _check_config(cfg: DictConfig) -> dict:
+    model = section_kwargs(cfg.motion_tokenizer.model)
+    expected = {"frames": cfg.video.clip_frames, "height": cfg.video.motion_height, "width": cfg.video.motion_width}
+    for key, value in expected.items():
+        if int(model[key]) != int(value):
+            source = {"frames": "video.clip_frames", "height": "video.motion_height", "width": "video.motion_width"}[key]
+            raise ConfigError(f"motion_tokenizer.model.{key}={model[key]} does not match {source}={value} (the clips' motion)")
+    return model
+
+
+def evaluate(
+    model: MotionTokenizer, loader, video_cfg: Any, prefix: str = "val", max_batches: Optional[int] = None
+) -> dict[str, float]:
+    """Metrics of ``model`` over the batches of ``loader`` (eval mode, no codebook update), on the model's device."""
+    evaluation = MotionEvaluation(video_cfg, model.codebook_size)
+    device = next(model.parameters()).device
+    model.eval()
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if max_batches is not None and i >= max_batches:
+                break
+            motion = batch["motion"].to(device)
+            out = model(motion)
+            evaluation.update(motion, out["reconstruction"], out["codes"])
+    return evaluation.compute(prefix)
+
+
+def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
+    """Train (or resume), save the model, and return the final metrics. ``run`` wraps this in an MLflow run."""
+    seed_everything(int(cfg.seed))
+    stage_cfg = cfg.motion_tokenizer
+    model_kwargs = _check_config(cfg)
+    train_cfg = stage_cfg.train
+    datamodule = ClipDataModule(cfg, fields=("motion",), batch_size=int(train_cfg.batch_size))
+    for split in ("train", "val"):
+        datamodule.shard_paths(split)  # fail before building anything when decompose has not run
+    runs_dir = Path(cfg.paths.runs) / STAGE
+    module = MotionTokenizerModule(
+        model_kwargs, section_kwargs(stage_cfg.optim), int(train_cfg.max_steps), cfg.video, str(runs_dir / "samples")
+    )
+    throughput = Throughput()
+    trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=[throughput, *(callbacks or [])])
+    ckpt_path = resume_checkpoint(cfg, STAGE, train_cfg.resume)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+
+    model = module.model.eval()
+    out_dir = Path(cfg.paths.models) / STAGE
+    if trainer.is_global_zero:
+        model.save_pretrained(out_dir)
+    val_batches = int(train_cfg.val_batches) if train_cfg.val_batches is not None else None
+    metrics = evaluate(model, datamodule.val_dataloader(), cfg.video, "val", val_batches)
+    metrics.update(
+        {
+            "tokens_per_clip": float(model.tokens_per_clip),
+            "global_step": float(trainer.global_step),
+            "train/loss": module.last_train_loss,
+            "train/clips_per_second": throughput.clips_per_second,
+        }
+    )
+    print(
+        f"motion_tokenizer: step {trainer.global_step}, {throughput.clips_per_second:.1f} clips/s, "
+        f"val/epe {metrics.get('val/epe', float('nan')):.4f} px/frame "
+        f"(zero motion {metrics.get('val/epe_zero_baseline', float('nan')):.4f}), "
+        f"codebook usage {metrics.get('val/codebook_usage', float('nan')):.2f} → {out_dir}"
+    )
+    return metrics
+
+
+@stage_entry(STAGE)
+def run(cfg: DictConfig) -> dict[str, float]:
+    return fit(cfg)
