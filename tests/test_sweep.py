@@ -1,0 +1,75 @@
+"""Optuna sweeps: search-space sampling, one MLflow run per trial, best parameters and the Pareto front."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from videolavit.config import load_config
+from videolavit.errors import ConfigError
+from videolavit.sweep import _sample, load_sweep_spec, run_sweep
+
+
+@pytest.mark.parametrize("stage", ["motion_tokenizer", "visual_tokenizer"])
+def test_every_choice_of_the_shipped_space_is_a_valid_config(stage):
+    """Each categorical choice (incl. expanded grids) must load, or a sweep would die mid-study."""
+    spec = load_sweep_spec(stage)
+    for key, dist in spec["space"].items():
+        choices = dist["choices"]
+        for choice in choices.values() if isinstance(choices, dict) else choices:
+            values = choice if dist.get("expand") else {key: choice}
+            cfg = load_config(overrides=[f"{k}={v}" for k, v in {**spec["fixed"], **values}.items()], params_file=None)
+            if stage == "motion_tokenizer":
+                from videolavit.models.motion_tokenizer import MotionTokenizer
+                import torch
+
+                with torch.device("meta"):
+                    model = MotionTokenizer(**cfg.motion_tokenizer.model)
+                assert model.tokens_per_clip > 0
+
+
+def test_expanded_grid_choice_sets_several_keys():
+    spec = load_sweep_spec("motion_tokenizer")
+    trial = optuna.create_study().ask()
+    values = _sample(trial, spec["space"])
+    assert "motion_tokenizer.model.downsample_after" in values and "motion_tokenizer.model.downsample_strides" in values
+    assert trial.params["grid"] in spec["space"]["grid"]["choices"]
+
+
+def test_unknown_option_and_mode_are_errors(tiny_cfg_factory):
+    with pytest.raises(ConfigError, match="unknown sweep option"):
+        run_sweep("motion_tokenizer", tiny_cfg_factory(), ["trails=3"])
+    with pytest.raises(ConfigError, match="mode"):
+        run_sweep("motion_tokenizer", tiny_cfg_factory(), ["mode=both"])
+
+
+@pytest.mark.slow
+def test_three_trial_multi_objective_sweep_leaves_three_runs_and_a_pareto_image(tiny_cfg_factory, tmp_path, monkeypatch):
+    import mlflow
+
+    from tests.test_motion_tokenizer_stage import write_clips
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    write_clips(tmp_path / "clips")
+    cfg = tiny_cfg_factory("tracking.experiment=sweep-test", "motion_tokenizer.train.batch_size=4")
+    out = tmp_path / "sweeps"
+    summary = run_sweep(
+        "motion_tokenizer",
+        cfg,
+        ["trials=3", "mode=multi", f"storage=sqlite:///{tmp_path}/optuna.db", "study=t", f"out={out}"],
+    )
+    assert summary["complete"] == 3
+    assert (out / "t" / "pareto.png").stat().st_size > 1000
+    best = yaml.safe_load((out / "t" / "best.yaml").read_text())
+    assert best["pareto_front"] and set(best["pareto_front"][0]["values"]) == {"val/epe", "tokens_per_clip"}
+
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("sweep-test").experiment_id])
+    assert len(runs) == 3
+    assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == [0, 1, 2]
+    assert {r.data.tags["optuna.study"] for r in runs} == {"t"}
+    # a second process joining the same study adds trials instead of starting over
+    again = run_sweep("motion_tokenizer", cfg, ["trials=1", "mode=multi", f"storage=sqlite:///{tmp_path}/optuna.db", "study=t", f"out={out}"])
+    assert again["trials"] == 4
