@@ -48,7 +48,7 @@ def test_unknown_option_and_mode_are_errors(tiny_cfg_factory):
 def test_three_trial_multi_objective_sweep_leaves_three_runs_and_a_pareto_image(tiny_cfg_factory, tmp_path, monkeypatch):
     import mlflow
 
-    from tests.test_motion_tokenizer_stage import write_clips
+    from test_motion_tokenizer_stage import write_clips
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
