@@ -361,3 +361,119 @@ class EvaluateStageConfig:
 
 
 register_section("evaluate", EvaluateStageConfig)
+
+
+@dataclass
+class KeyframeUNetConfig:
+    """diffusers ``UNet2DConditionModel`` shape of the keyframe detokenizer; null keeps the model's TINY_UNET value."""
+
+    block_out_channels: Optional[list] = None
+    layers_per_block: Optional[int] = None
+    down_block_types: Optional[list] = None
+    up_block_types: Optional[list] = None
+    cross_attention_dim: Optional[int] = None
+    attention_head_dim: Optional[Any] = None  # an int or one per block
+    transformer_layers_per_block: Optional[Any] = None
+    use_linear_projection: Optional[bool] = None
+    norm_num_groups: Optional[int] = None
+    addition_embed_type: Optional[str] = None  # "text_time": SDXL micro-conditioning (LaVIT's high-res decoder)
+    addition_time_embed_dim: Optional[int] = None
+    projection_class_embeddings_input_dim: Optional[int] = None
+
+
+@dataclass
+class KeyframeDetokenizerConfig:
+    """g_I (models/keyframe_detokenizer.py): DDPM U-Net conditioned on the visual tokenizer's decoded features."""
+
+    image_size: Optional[list] = None  # [H, W]; None: the video detokenizer's size
+    unet: KeyframeUNetConfig = field(default_factory=KeyframeUNetConfig)
+    unet_dir: Optional[str] = None  # a local SD/SDXL U-Net (diffusers folder) to start from
+    vae_dir: Optional[str] = None  # a local diffusers AutoencoderKL: latent diffusion; None: pixel space
+    prediction_type: str = "epsilon"  # epsilon | v_prediction
+    beta_schedule: str = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+    cond_dropout: float = 0.1  # classifier-free guidance: the condition is zeroed with this probability
+
+
+@dataclass
+class VideoUNetConfig:
+    """diffusers ``UNetSpatioTemporalConditionModel`` shape; null keeps the model's TINY_UNET value (channels are
+    multiples of 32: its GroupNorms have 32 groups)."""
+
+    block_out_channels: Optional[list] = None
+    layers_per_block: Optional[int] = None
+    down_block_types: Optional[list] = None
+    up_block_types: Optional[list] = None
+    num_attention_heads: Optional[list] = None
+    transformer_layers_per_block: Optional[Any] = None
+    cross_attention_dim: Optional[int] = None
+    addition_time_embed_dim: Optional[int] = None
+    projection_class_embeddings_input_dim: Optional[int] = None  # 3 added time ids × addition_time_embed_dim
+
+
+@dataclass
+class MotionEncoderConfig:
+    """The EMC motion feature encoder (models/motion_condition.py); defaults are the official 16×16 / 512 / 12 / 8."""
+
+    grid: list = field(default_factory=lambda: [16, 16])
+    dim: int = 512
+    depth: int = 12
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    temporal_embedding: bool = True
+
+
+@dataclass
+class VideoDetokenizerConfig:
+    """g_V (models/video_detokenizer.py): SVD-shaped spatio-temporal U-Net with EMC, EDM training."""
+
+    height: Optional[int] = None  # None: video.frames_height (the clips' frames)
+    width: Optional[int] = None  # None: video.frames_width
+    unet: VideoUNetConfig = field(default_factory=VideoUNetConfig)
+    motion_encoder: MotionEncoderConfig = field(default_factory=MotionEncoderConfig)
+    svd_dir: Optional[str] = None  # a local SVD img2vid(-xt) diffusers folder to initialise the U-Net from (paper A.1)
+    vae_dir: Optional[str] = None  # a local diffusers VAE (SVD's AutoencoderKLTemporalDecoder); None: pixel space
+    sigma_data: float = 1.0
+    sigma_min: float = 0.002
+    sigma_max: float = 700.0
+    p_mean: float = 1.0  # ln σ ~ N(p_mean, p_std²) in training (paper A.1)
+    p_std: float = 1.2
+    noise_aug: float = 0.02
+    fps: int = 6
+    motion_bucket_id: int = 127
+    cond_dropout: float = 0.1
+    decode_chunk_size: int = 8
+    keyframe_skip: bool = False  # diffuse the clip minus its keyframe (needs the model's keyframe_skip option)
+
+
+@dataclass
+class DetokenizerEvalConfig:
+    """Sample-based metrics on held-out clips after training (val/keyframe_psnr, val/video_psnr, ...)."""
+
+    split: str = "val"
+    clips: int = 4  # the first N clips of the split (each sampled twice: motion tokens and true motion)
+    batch_size: int = 4
+    keyframe_steps: int = 50
+    keyframe_guidance: float = 3.0
+    video_steps: int = 25
+    video_guidance: float = 3.0  # the last frame's CFG (rising linearly from 1.0 over the clip)
+    sample_clips: int = 4  # clips drawn in the GIF / MP4 artifact
+
+
+@dataclass
+class DetokenizerStageConfig:
+    """The detokenizer stage: trains the keyframe and the video detokenizer (one LightningModule, one optimizer)."""
+
+    models: list = field(default_factory=lambda: ["keyframe", "video"])  # which detokenizers this run trains
+    condition_motion: str = "true"  # motion the video detokenizer trains on: true (the field) | tokens (its tokenizer round trip)
+    visual_tokenizer_path: Optional[str] = None  # None: <paths.models>/visual_tokenizer
+    motion_tokenizer_path: Optional[str] = None  # None: <paths.models>/motion_tokenizer
+    keyframe_lr: Optional[float] = None  # None: optim.lr
+    keyframe: KeyframeDetokenizerConfig = field(default_factory=KeyframeDetokenizerConfig)
+    video: VideoDetokenizerConfig = field(default_factory=VideoDetokenizerConfig)
+    eval: DetokenizerEvalConfig = field(default_factory=DetokenizerEvalConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+
+
+register_section("detokenizer", DetokenizerStageConfig)

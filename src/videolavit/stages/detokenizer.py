@@ -1,0 +1,526 @@
+"""Stage ``detokenizer``: train the keyframe detokenizer g_I and the video detokenizer g_V (paper §3.2, Table 8).
+
+``videolavit detokenizer [key=value ...]`` → ``models/detokenizer/{keyframe,video}/`` and ``metrics/detokenizer.json``.
+One LightningModule holds both models and one AdamW (a parameter group each, gradients clipped per model): they share
+nothing, so one step on a batch of clips is one step of each. Resume after a kill with ``detokenizer.train.resume=auto``.
+
+- g_I learns to render the clip's keyframe (its first frame, at the detokenizer's size) from the frozen visual
+  tokenizer's decoded features of that keyframe's own codes.
+- g_V learns to render the clip's frames from its first frame and its motion: the true field
+  (``condition_motion=true``) or the motion tokenizer's reconstruction from tokens (``condition_motion=tokens``).
+
+After training, metrics on the first ``eval.clips`` held-out clips (``eval.split``), sampled with the ``eval`` settings:
+``val/keyframe_psnr`` / ``val/keyframe_ssim`` (g_I samples against the true keyframe), ``val/video_psnr`` /
+``val/video_ssim`` (g_V from the TRUE keyframe and the motion TOKENS, i.e. the tokenizer's reconstruction),
+``val/video_psnr_true_motion`` (from the true field) and ``val/video_psnr_static_baseline`` (the keyframe repeated).
+Video metrics score frames 1…T−1 (frame 0 is the given keyframe: the static baseline would score it as infinite).
+All at the detokenizer's resolution. Samples go to MLflow as a GIF and an MP4 (rows: truth, static, motion tokens,
+true motion).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+
+from videolavit import tracking
+from videolavit.config import section_kwargs
+from videolavit.data.datamodules import ClipDataModule
+from videolavit.data.shards import iter_clip_records
+from videolavit.errors import ConfigError, MissingArtifactError
+from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
+from videolavit.models.motion_tokenizer import MotionTokenizer
+from videolavit.models.video_detokenizer import VideoDetokenizer
+from videolavit.models.visual_tokenizer import VisualTokenizer
+from videolavit.stages.common import cosine_with_warmup, make_trainer, require_path, resume_checkpoint, seed_everything, stage_entry
+
+STAGE = "detokenizer"
+MODELS = ("keyframe", "video")
+CONDITION_MOTION = ("true", "tokens")
+NO_DECAY = ("embedding",)  # position tables of the motion encoder
+GIF_SCALE = 4  # tiny frames are 32×48: drawn 4× larger (nearest) so a viewer sees them
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Configuration → constructor arguments
+
+
+def stage_models(cfg: DictConfig) -> tuple[str, ...]:
+    models = tuple(str(m) for m in cfg.detokenizer.models)
+    unknown = [m for m in models if m not in MODELS]
+    if unknown or not models:
+        raise ConfigError(f"detokenizer.models must list some of {list(MODELS)}, got {list(models)}")
+    return models
+
+
+def condition_motion(cfg: DictConfig) -> str:
+    # `condition_motion=true` on the command line arrives as the YAML boolean
+    value = str(cfg.detokenizer.condition_motion).lower()
+    if value not in CONDITION_MOTION:
+        raise ConfigError(f"detokenizer.condition_motion must be one of {list(CONDITION_MOTION)}, got {value!r}")
+    return value
+
+
+def _unet(section: Any) -> dict:
+    return {k: v for k, v in section_kwargs(section).items() if v is not None}
+
+
+def video_kwargs(cfg: DictConfig) -> dict:
+    """VideoDetokenizer arguments; its size follows the clips' frames unless set."""
+    v = cfg.detokenizer.video
+    kwargs = {k: section_kwargs(v)[k] for k in (
+        "sigma_data", "sigma_min", "sigma_max", "p_mean", "p_std", "noise_aug", "fps", "motion_bucket_id",
+        "cond_dropout", "decode_chunk_size", "vae_dir",
+    )}  # fmt: skip
+    kwargs.update(
+        frames=int(cfg.video.clip_frames),
+        height=int(v.height or cfg.video.frames_height),
+        width=int(v.width or cfg.video.frames_width),
+        unet=_unet(v.unet),
+        motion_encoder=section_kwargs(v.motion_encoder),
+    )
+    if v.keyframe_skip:  # passed only when on, so a model without the option still builds by default
+        if "keyframe_skip" not in inspect.signature(VideoDetokenizer).parameters:
+            raise ConfigError(
+                "detokenizer.video.keyframe_skip=true needs the keyframe_skip option of "
+                "models/video_detokenizer.py, which this build lacks"
+            )
+        kwargs["keyframe_skip"] = True
+    return kwargs
+
+
+def keyframe_kwargs(cfg: DictConfig, cond_dim: int) -> dict:
+    """KeyframeDetokenizer arguments; ``cond_dim`` is the visual tokenizer's decoded-feature width."""
+    k = cfg.detokenizer.keyframe
+    kwargs = {name: section_kwargs(k)[name] for name in (
+        "unet_dir", "vae_dir", "prediction_type", "beta_schedule", "num_train_timesteps", "cond_dropout",
+    )}  # fmt: skip
+    size = k.image_size
+    if size is None:
+        video = video_kwargs(cfg)
+        size = [video["height"], video["width"]]
+    if len(size) != 2:
+        raise ConfigError(f"detokenizer.keyframe.image_size must be [H, W], got {list(size)}")
+    kwargs.update(cond_dim=int(cond_dim), image_size=[int(size[0]), int(size[1])], unet=_unet(k.unet))
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Frozen tokenizers
+
+
+class FrozenTokenizers:
+    """The trained visual and motion tokenizers, frozen. Not a Module: they stay out of the checkpoint and optimizer."""
+
+    def __init__(self, visual: Optional[VisualTokenizer], motion: Optional[MotionTokenizer]):
+        self.visual, self.motion = visual, motion
+        for model in (visual, motion):
+            if model is not None:
+                model.eval().requires_grad_(False)
+
+    def to(self, device) -> "FrozenTokenizers":
+        for model in (self.visual, self.motion):
+            if model is not None:
+                model.to(device)
+        return self
+
+    @torch.no_grad()
+    def keyframe_condition(self, keyframes: torch.Tensor) -> torch.Tensor:
+        """uint8 keyframes [B, S, S, 3] → decoded features of their own visual codes [B, N, D]."""
+        vt = self.visual
+        codes = vt.encode(vt.preprocess(keyframes.cpu()).to(vt.queries.device))
+        return vt.decode_features(codes)
+
+    @torch.no_grad()
+    def motion_from_tokens(self, motion: torch.Tensor) -> torch.Tensor:
+        """Motion [B, 2, T, h, w] → its round trip through the motion tokens (what generation gives g_V)."""
+        return self.motion.decode(self.motion.encode(motion))
+
+
+def load_tokenizers(cfg: DictConfig, models: tuple[str, ...], need_motion: bool) -> FrozenTokenizers:
+    root = Path(cfg.paths.models)
+    visual = motion = None
+    if "keyframe" in models:
+        path = require_path(
+            cfg.detokenizer.visual_tokenizer_path or root / "visual_tokenizer",
+            "the visual tokenizer (the keyframe detokenizer's condition)",
+            "Train it with `videolavit visual_tokenizer` or set detokenizer.visual_tokenizer_path.",
+        )
+        visual = VisualTokenizer.from_pretrained(path)
+    if need_motion:
+        path = require_path(
+            cfg.detokenizer.motion_tokenizer_path or root / "motion_tokenizer",
+            "the motion tokenizer (motion tokens for the video detokenizer)",
+            "Train it with `videolavit motion_tokenizer` or set detokenizer.motion_tokenizer_path.",
+        )
+        motion = MotionTokenizer.from_pretrained(path)
+    return FrozenTokenizers(visual, motion)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pixels
+
+
+def frames_to_unit(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] → float [B, T, 3, *size] in [-1, 1] (bicubic with antialias, as ``generate.to_unit``)."""
+    B, T = frames.shape[:2]
+    x = frames.permute(0, 1, 4, 2, 3).flatten(0, 1).float().div(127.5).sub(1)  # [B·T, 3, H, W]
+    if tuple(x.shape[-2:]) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
+    return x.reshape(B, T, 3, *size)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float in [-1, 1] → uint8, same layout."""
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+
+
+class DetokenizerModule(L.LightningModule):
+    """Both detokenizers: the sum of their diffusion losses, AdamW (a group per model) with cosine warm-up."""
+
+    def __init__(
+        self,
+        keyframe_kwargs: Optional[dict],
+        video_kwargs: Optional[dict],
+        optim: dict,
+        max_steps: int,
+        condition_motion: str = "true",
+        keyframe_lr: Optional[float] = None,
+        svd_dir: Optional[str] = None,
+    ):
+        super().__init__()
+        self.keyframe = KeyframeDetokenizer(**keyframe_kwargs) if keyframe_kwargs is not None else None
+        self.video = VideoDetokenizer(**video_kwargs) if video_kwargs is not None else None
+        if self.video is not None and svd_dir:
+            self.video.load_svd_weights(svd_dir)  # a resumed run's checkpoint then overwrites these
+        self.optim, self.max_steps = optim, int(max_steps)
+        self.condition_motion, self.keyframe_lr = condition_motion, keyframe_lr
+        self.tokenizers: Optional[FrozenTokenizers] = None
+        self.last_losses: dict[str, float] = {}
+        self._rng_to_restore: Optional[dict] = None
+
+    def attach(self, tokenizers: FrozenTokenizers) -> "DetokenizerModule":
+        self.tokenizers = tokenizers
+        return self
+
+    def on_fit_start(self) -> None:
+        if self.tokenizers is not None:
+            self.tokenizers.to(self.device)
+
+    @property
+    def video_size(self) -> tuple[int, int]:
+        if self.video is not None:
+            return self.video.config["height"], self.video.config["width"]
+        return tuple(self.keyframe.config["image_size"])
+
+    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if "frames" not in batch:
+            raise MissingArtifactError(
+                "the clip shards hold no RGB frames (the detokenizers' target): re-run `videolavit decompose` "
+                "with video.frames_height and video.frames_width > 0"
+            )
+        batch["frames"] = frames_to_unit(batch["frames"], self.video_size)  # [B, T, 3, H, W]
+        return batch
+
+    def losses(self, batch: dict, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
+        frames = batch["frames"]  # [B, T, 3, H, W] in [-1, 1]
+        keyframe = frames[:, 0]  # [B, 3, H, W]: the clip starts at its keyframe
+        out = {}
+        if self.keyframe is not None:
+            size = tuple(self.keyframe.config["image_size"])
+            target = keyframe if tuple(keyframe.shape[-2:]) == size else F.interpolate(
+                keyframe, size=size, mode="bicubic", align_corners=False, antialias=True
+            ).clamp(-1, 1)
+            cond = self.tokenizers.keyframe_condition(batch["keyframe"])  # [B, N, D]
+            out["keyframe_loss"] = self.keyframe.training_loss(target, cond, generator=generator)
+        if self.video is not None:
+            motion = batch["motion"]  # [B, 2, T, h, w]
+            if self.condition_motion == "tokens":
+                motion = self.tokenizers.motion_from_tokens(motion)
+            out["video_loss"] = self.video.training_loss(frames, keyframe, motion, generator=generator)
+        return out
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        losses = self.losses(batch)
+        loss = sum(losses.values())
+        self.log_dict({f"train/{k}": v for k, v in {"loss": loss, **losses}.items()})
+        self.last_losses = {f"train/{k}": float(v.detach()) for k, v in {"loss": loss, **losses}.items()}
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        # fixed noise per batch, so validation losses of different steps compare the same draws
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        losses = self.losses(batch, generator)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=len(batch["key"]))
+
+    def configure_optimizers(self):
+        groups = []
+        for name, model in (("keyframe", self.keyframe), ("video", self.video)):
+            if model is None:
+                continue
+            lr = float(self.keyframe_lr or self.optim["lr"]) if name == "keyframe" else float(self.optim["lr"])
+            named = [(n, p) for n, p in model.named_parameters() if not n.startswith("vae.") and p.requires_grad]
+            decay = [p for n, p in named if p.ndim >= 2 and not n.endswith(NO_DECAY)]
+            rest = [p for n, p in named if not (p.ndim >= 2 and not n.endswith(NO_DECAY))]
+            groups += [
+                {"params": decay, "lr": lr, "weight_decay": float(self.optim["weight_decay"])},
+                {"params": rest, "lr": lr, "weight_decay": 0.0},
+            ]
+        optimizer = torch.optim.AdamW(
+            groups, betas=tuple(float(b) for b in self.optim["betas"]), eps=float(self.optim["eps"])
+        )
+        scheduler = cosine_with_warmup(optimizer, int(self.optim["warmup_steps"]), self.max_steps)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        # Two independent models: one global norm would let the larger one's gradients shrink the other's steps.
+        if not gradient_clip_val:
+            return
+        for model in (self.keyframe, self.video):
+            if model is not None:
+                torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), float(gradient_clip_val))
+
+    # Noise levels, noise and condition dropout draw from the global RNG: a resumed run restores it first.
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            self._rng_to_restore = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Evaluation
+
+
+def read_eval_clips(cfg: DictConfig) -> list[dict]:
+    ev = cfg.detokenizer.eval
+    records = list(itertools.islice(
+        iter_clip_records(cfg.paths.clips, str(ev.split), ("keyframe", "motion", "frames")), int(ev.clips)
+    ))  # fmt: skip
+    if not records:
+        raise MissingArtifactError(
+            f"no '{ev.split}' clips in '{cfg.paths.clips}' to evaluate the detokenizers on. Run `videolavit decompose`."
+        )
+    if "frames" not in records[0]:
+        raise MissingArtifactError(
+            f"the '{ev.split}' clips in '{cfg.paths.clips}' hold no RGB frames: re-run `videolavit decompose` with "
+            "video.frames_height and video.frames_width > 0"
+        )
+    return records
+
+
+@torch.no_grad()
+def evaluate(
+    keyframe: Optional[KeyframeDetokenizer],
+    video: Optional[VideoDetokenizer],
+    tokenizers: FrozenTokenizers,
+    records: list[dict],
+    eval_cfg: Any,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Sample-based metrics over ``records`` and the rendered videos (uint8 [N, T, H, W, 3] per row)."""
+    from videolavit.metrics.reconstruction import SSIM_KERNEL, VideoPSNR, VideoSSIM
+
+    metrics: dict[str, float] = {}
+    rows: dict[str, list[torch.Tensor]] = {}
+    bs = max(1, int(eval_cfg.batch_size))
+    kf_psnr, kf_ssim = VideoPSNR(), VideoSSIM()
+    video_metrics = {  # metric name → (rendering scored, metric)
+        f"video_{kind}{suffix}": (source, VideoPSNR() if kind == "psnr" else VideoSSIM())
+        for source, suffix in (("tokens", ""), ("true_motion", "_true_motion"), ("static_baseline", "_static_baseline"))
+        for kind in ("psnr", "ssim")
+    }
+    for start in range(0, len(records), bs):
+        chunk = records[start : start + bs]
+        frames_u8 = torch.from_numpy(np.stack([r["frames"] for r in chunk]))  # [B, T, Hf, Wf, 3]
+        if keyframe is not None:
+            size = tuple(keyframe.config["image_size"])
+            target = frames_to_unit(frames_u8[:, :1], size)[:, 0]  # [B, 3, H, W]
+            cond = tokenizers.keyframe_condition(torch.from_numpy(np.stack([r["keyframe"] for r in chunk])))
+            generator = torch.Generator(device=device).manual_seed(seed + start)
+            sample = keyframe.sample(
+                cond.to(device), int(eval_cfg.keyframe_steps), float(eval_cfg.keyframe_guidance), generator,
+                output_type="float",
+            ).cpu()  # fmt: skip
+            real, fake = to_uint8(target)[:, None], to_uint8(sample)[:, None]  # [B, 1, 3, H, W]
+            kf_psnr.update(fake, real)
+            if min(size) >= SSIM_KERNEL:
+                kf_ssim.update(fake, real)
+            rows.setdefault("keyframe_true", []).append(real[:, 0])
+            rows.setdefault("keyframe_sample", []).append(fake[:, 0])
+        if video is not None:
+            size = (video.config["height"], video.config["width"])
+            frames = frames_to_unit(frames_u8, size)  # [B, T, 3, H, W]
+            key = frames[:, 0].to(device)
+            motion = torch.from_numpy(np.stack([r["motion"] for r in chunk])).to(device)  # [B, 2, T, h, w]
+            real = to_uint8(frames)
+            outputs = {"static_baseline": real[:, :1].expand_as(real).contiguous()}
+            for name, field in (("tokens", tokenizers.motion_from_tokens(motion)), ("true_motion", motion)):
+                # the same initial noise for both, so their difference is the motion's alone
+                generator = torch.Generator(device=device).manual_seed(seed + start)
+                out = video.sample(
+                    key, field, steps=int(eval_cfg.video_steps), max_guidance=float(eval_cfg.video_guidance),
+                    generator=generator,
+                )  # fmt: skip
+                outputs[name] = to_uint8(out)
+            for name, (source, metric) in video_metrics.items():
+                if "ssim" in name and min(size) < SSIM_KERNEL:
+                    continue
+                metric.update(outputs[source][:, 1:], real[:, 1:])  # frame 0 is the given keyframe
+            rows.setdefault("true", []).append(real)
+            for name in ("static_baseline", "tokens", "true_motion"):
+                rows.setdefault(name, []).append(outputs[name])
+    if keyframe is not None:
+        metrics["val/keyframe_psnr"] = float(kf_psnr.compute())
+        if int(kf_ssim.num_frames):
+            metrics["val/keyframe_ssim"] = float(kf_ssim.compute())
+    if video is not None:
+        for name, (_, metric) in video_metrics.items():
+            if int(metric.num_frames):
+                metrics[f"val/{name}"] = float(metric.compute())
+        metrics["val/video_psnr_gain"] = metrics["val/video_psnr"] - metrics["val/video_psnr_static_baseline"]
+    metrics["val/clips"] = float(len(records))
+    return metrics, {k: torch.cat(v).movedim(-3, -1).numpy() for k, v in rows.items()}  # channels last
+
+
+def save_samples(out_dir: Path, rendered: dict[str, np.ndarray], count: int, fps: float, step: int) -> list[Path]:
+    """The video rows (truth, static, motion tokens, true motion) side by side per clip as a GIF and an MP4, and the
+    keyframes (truth above sample) as a PNG."""
+    from PIL import Image
+
+    from videolavit.generate import write_gif
+
+    paths = []
+    if "true" in rendered:
+        rows = [rendered[k][:count] for k in ("true", "static_baseline", "tokens", "true_motion")]  # [N, T, H, W, 3]
+        grid = np.concatenate([np.concatenate(list(row), axis=2) for row in rows], axis=1)  # [T, 4·H, N·W, 3]
+        grid = grid.repeat(GIF_SCALE, axis=1).repeat(GIF_SCALE, axis=2)
+        paths.append(write_gif(out_dir / f"video_step{step:06d}.gif", grid, fps))
+        try:
+            from videolavit.video.io import write_video
+
+            paths.append(write_video(out_dir / f"video_step{step:06d}.mp4", list(grid), fps))
+        except Exception as exc:  # an FFmpeg build without libx264: the GIF still shows the samples
+            print(f"detokenizer: MP4 sample not written ({exc})")
+    if "keyframe_true" in rendered:
+        true, fake = (rendered[k][:count] for k in ("keyframe_true", "keyframe_sample"))  # [N, H, W, 3]
+        grid = np.concatenate([np.concatenate(list(true), axis=1), np.concatenate(list(fake), axis=1)], axis=0)
+        path = out_dir / f"keyframe_step{step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(grid.repeat(GIF_SCALE, axis=0).repeat(GIF_SCALE, axis=1)).save(path)
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The stage
+
+
+def _check_clips(cfg: DictConfig, records: list[dict], tokenizers: FrozenTokenizers) -> None:
+    motion = records[0]["motion"].shape  # (2, T, h, w)
+    if motion[1] != int(cfg.video.clip_frames):
+        raise ConfigError(f"the clips have {motion[1]} frames of motion, video.clip_frames is {cfg.video.clip_frames}")
+    mt = tokenizers.motion
+    if mt is not None and tuple(motion[1:]) != (mt.frames, mt.height, mt.width):
+        raise ConfigError(
+            f"the motion tokenizer takes motion [2, {mt.frames}, {mt.height}, {mt.width}], the clips hold {list(motion)}"
+        )
+
+
+def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
+    """Train (or resume) both detokenizers, save them, and return the held-out metrics."""
+    seed_everything(int(cfg.seed))
+    stage_cfg, train_cfg = cfg.detokenizer, cfg.detokenizer.train
+    models = stage_models(cfg)
+    cond_motion = condition_motion(cfg)
+    # the motion tokenizer is always needed: val/video_psnr is scored from motion tokens
+    tokenizers = load_tokenizers(cfg, models, need_motion="video" in models)
+    records = read_eval_clips(cfg)
+    _check_clips(cfg, records, tokenizers)
+    kf_kwargs = keyframe_kwargs(cfg, tokenizers.visual.target_dim) if "keyframe" in models else None
+    module = DetokenizerModule(
+        kf_kwargs,
+        video_kwargs(cfg) if "video" in models else None,
+        section_kwargs(stage_cfg.optim),
+        int(train_cfg.max_steps),
+        cond_motion,
+        stage_cfg.keyframe_lr,
+        stage_cfg.video.svd_dir,
+    ).attach(tokenizers)
+    fields = ("keyframe", "motion", "frames")
+    datamodule = ClipDataModule(cfg, fields=fields, batch_size=int(train_cfg.batch_size))
+    trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=callbacks)
+    ckpt_path = resume_checkpoint(cfg, STAGE, train_cfg.resume)
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    train_seconds = time.perf_counter() - started
+
+    out_dir = Path(cfg.paths.models) / STAGE
+    keyframe = module.keyframe.eval() if module.keyframe is not None else None
+    video = module.video.eval() if module.video is not None else None
+    if trainer.is_global_zero:
+        for name, model in (("keyframe", keyframe), ("video", video)):
+            if model is not None:
+                model.save_pretrained(out_dir / name)
+    device = module.device
+    tokenizers.to(device)
+    started = time.perf_counter()
+    metrics, rendered = evaluate(keyframe, video, tokenizers, records, stage_cfg.eval, int(cfg.seed), device)
+    eval_seconds = time.perf_counter() - started
+    if trainer.is_global_zero:
+        samples = save_samples(
+            Path(cfg.paths.runs) / STAGE / "samples", rendered, int(stage_cfg.eval.sample_clips), float(cfg.video.fps),
+            int(trainer.global_step),
+        )  # fmt: skip
+        for path in samples:
+            tracking.active().log_artifact(path, "samples")
+    metrics.update(module.last_losses)
+    metrics.update(
+        {
+            "global_step": float(trainer.global_step),
+            "train/seconds": train_seconds,
+            "val/eval_seconds": eval_seconds,
+        }
+    )
+    for name, model in (("keyframe", keyframe), ("video", video)):
+        if model is not None:
+            metrics[f"parameters_{name}"] = float(sum(p.numel() for p in model.trainable_parameters()))
+    line = [f"detokenizer: step {trainer.global_step} ({train_seconds:.0f} s)"]
+    if keyframe is not None:
+        line.append(f"val/keyframe_psnr {metrics['val/keyframe_psnr']:.2f} dB")
+    if video is not None:
+        line.append(
+            f"val/video_psnr {metrics['val/video_psnr']:.2f} dB from motion tokens "
+            f"(true motion {metrics['val/video_psnr_true_motion']:.2f}, "
+            f"static keyframe {metrics['val/video_psnr_static_baseline']:.2f})"
+        )
+    print(", ".join(line) + f" on {len(records)} '{stage_cfg.eval.split}' clips ({eval_seconds:.0f} s) → {out_dir}")
+    return metrics
+
+
+@stage_entry(STAGE)
+def run(cfg: DictConfig) -> dict[str, float]:
+    return fit(cfg)
