@@ -40,3 +40,9 @@ def test_console_script_starts_without_heavy_imports():
 def test_sweep_of_an_unknown_stage_is_a_clear_error(argv, capsys):
     assert main(argv) == 2
     assert "no sweep is defined" in capsys.readouterr().err
+
+
+def test_overrides_may_follow_options(capsys):
+    assert main(["config", "--profile", "paper", "video.fps=12"]) == 0
+    assert main(["decompose", "--shard", "9/4", "tracking.enabled=false"]) == 2
+    assert "decompose.shard" in capsys.readouterr().err
