@@ -52,7 +52,7 @@ def write_evaluators(cfg, corpus_dir: Path, frame_size=(8, 8)) -> None:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """Toy token shards + corpus, test clip shards, untrained tiny models of every stage, a tokenize.json."""
-    import importlib.util
+    from test_generate import build_tiny_models
 
     from videolavit.config import load_config
     from videolavit.data.toy_tokens import write_toy_token_corpus
@@ -66,11 +66,7 @@ def world(tmp_path_factory):
         visual_codes=int(cfg.visual_tokenizer.model.codebook_size), motion_codes=int(cfg.motion_tokenizer.model.codebook_size),
         motion_tokens=144, keyframe_tokens=12, frames_per_video=2,
     )  # fmt: skip
-    # the model builder of test_generate.py, loaded by path: pytest's module naming of test files varies by import mode
-    spec = importlib.util.spec_from_file_location("_generate_tests", Path(__file__).with_name("test_generate.py"))
-    helpers = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(helpers)
-    helpers.build_tiny_models(cfg, vocab, Path(cfg.paths.tokens) / "text_tokenizer")
+    build_tiny_models(cfg, vocab, Path(cfg.paths.tokens) / "text_tokenizer")
     write_toy_clips(Path(cfg.paths.corpus), Path(cfg.paths.clips), "test")
     write_evaluators(cfg, Path(cfg.paths.corpus))
     Path(cfg.paths.metrics).mkdir(parents=True, exist_ok=True)
