@@ -54,7 +54,7 @@ class MotionTokenizerModelConfig:
     codebook_size: int = 1024
     ema_decay: float = 0.995
     kmeans_init: bool = True
-    dead_code_threshold: float = 2.0
+    dead_code_threshold: float = 2.0  # EMA uses per step below which a code restarts; keep ≪ batch·tokens/codebook
     commitment_weight: float = 0.25
     attention: str = "factorized"  # factorized (paper: spatial then temporal) | joint (one attention over T·H·W)
 
