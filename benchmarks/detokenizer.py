@@ -3,6 +3,8 @@ pick (no classifier-free guidance; a long-video keyframe continued from the prev
 
     python benchmarks/detokenizer.py                      # tiny profile sizes on the CPU (random weights)
     python benchmarks/detokenizer.py --size paper         # SDXL-shaped keyframe + SVD-shaped video U-Net, needs a GPU
+    python benchmarks/detokenizer.py --train              # one training step: the detokenizer stage's tiny recipe
+                                                          # against the models' default tiny U-Nets at the clip size
 
 Weights are random: sampling cost does not depend on them. Nothing is downloaded.
 """
@@ -76,6 +78,48 @@ def timed(fn, device, repeats: int) -> float:
     return best
 
 
+def train_step_table(args) -> None:
+    """Seconds of one training step (forward + backward) of the stage's tiny recipe against the models' defaults."""
+    from videolavit.config import load_config
+    from videolavit.stages.detokenizer import keyframe_kwargs, video_kwargs
+
+    cfg = load_config(profile="tiny", params_file=None)
+    clip_size = (int(cfg.video.frames_height), int(cfg.video.frames_width))
+    recipe_video = video_kwargs(cfg)
+    default_video = dict(recipe_video, unet={}, height=clip_size[0], width=clip_size[1])
+    default_video.pop("keyframe_skip", None)  # the models' default: no keyframe skip
+    cond_dim = 192  # the tiny visual tokenizer's decoded features (8×8×3 pixel patches)
+    recipe_key = keyframe_kwargs(cfg, cond_dim)
+    default_key = dict(recipe_key, unet={}, image_size=list(clip_size))
+    B = args.batch
+    rows = []
+    for part, name, kwargs in (
+        ("video", f"stage recipe {recipe_video['height']}×{recipe_video['width']}", recipe_video),
+        ("video", f"TINY_UNET at the clip size {clip_size[0]}×{clip_size[1]}", default_video),
+        ("keyframe", f"stage recipe {recipe_key['image_size'][0]}×{recipe_key['image_size'][1]}", recipe_key),
+        ("keyframe", f"TINY_UNET at the clip size {clip_size[0]}×{clip_size[1]}", default_key),
+    ):
+        torch.manual_seed(0)
+        if part == "video":
+            model = VideoDetokenizer(**kwargs)
+            H, W, T = kwargs["height"], kwargs["width"], kwargs["frames"]
+            frames, motion = torch.rand(B, T, 3, H, W) * 2 - 1, 0.1 * torch.randn(B, 2, T, 8, 12)
+            fn = lambda m=model, f=frames, mo=motion: m.training_loss(f, f[:, 0], mo).backward()  # noqa: E731
+        else:
+            model = KeyframeDetokenizer(**kwargs)
+            H, W = kwargs["image_size"]
+            images, cond = torch.rand(B, 3, H, W) * 2 - 1, torch.randn(B, 64, cond_dim)
+            fn = lambda m=model, x=images, c=cond: m.training_loss(x, c).backward()  # noqa: E731
+        fn()  # warm-up: first-call allocations
+        rows.append((part, name, timed(fn, torch.device("cpu"), args.repeats)))
+    print(f"training step, batch {B}, threads {torch.get_num_threads()}")
+    print(f"{'part':<9} {'setting':<44} {'seconds':>9} {'× the first of its part':>24}")
+    reference = {}
+    for part, name, seconds in rows:
+        reference.setdefault(part, seconds)
+        print(f"{part:<9} {name:<44} {seconds:>9.2f} {seconds / reference[part]:>24.2f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=["tiny", "paper"], default="tiny")
@@ -88,9 +132,14 @@ def main():
     parser.add_argument("--video-size", type=int, default=384, help="paper size only (A.1's first training resolution)")
     parser.add_argument("--repeats", type=int, default=1, help="best of N")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--train", action="store_true", help="time one training step of the stage's tiny recipe")
+    parser.add_argument("--batch", type=int, default=2, help="clips per training step (--train)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.train:
+        train_step_table(args)
+        return
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.size == "paper" and device.type != "cuda":
         raise SystemExit("--size paper needs a CUDA GPU (a 1.5 B video U-Net and a 2.6 B keyframe U-Net)")

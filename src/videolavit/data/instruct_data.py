@@ -1,8 +1,9 @@
 """Batches for the instruct stage: Vicuna-v1 conversations of ``paths.corpus/instruct.jsonl`` with their media spans
-from the token shards, one conversation per row, labels on answers only (``models/conversation.py``).
+from the token shards, one conversation per row (or packed rows), labels on answers only (``models/conversation.py``).
 
 A medium's single-turn questions can be merged into multi-turn dialogues (``instruct.turns_per_conversation``), as
-LLaVA's data are: one media prefix then serves several answers. The training stream is endless and a pure function of
+LLaVA's data are: one media prefix then serves several answers. Turns that would give away each other's answers are
+kept apart (see ``group_dialogues``). The training stream is endless and a pure function of
 (seed, rank, worker, batch index), so a resumed run sees the batches an uninterrupted one would.
 """
 
@@ -24,9 +25,8 @@ _PLACEHOLDER_PREFIXES = ("<video>\n", "<image>\n", "<video>", "<image>")
 _WORD = re.compile(r"[a-z0-9]+")
 
 
-
-
 def strip_placeholder(text: str) -> str:
+    """A user message without its ``<video>``/``<image>`` tag."""
     for prefix in _PLACEHOLDER_PREFIXES:
         if text.startswith(prefix):
             return text[len(prefix) :]

@@ -47,7 +47,7 @@ STAGE = "detokenizer"
 MODELS = ("keyframe", "video")
 CONDITION_MOTION = ("true", "tokens")
 NO_DECAY = ("embedding",)  # position tables of the motion encoder
-GIF_SCALE = 4  # tiny frames are 32×48: drawn 4× larger (nearest) so a viewer sees them
+GIF_SCALE = 4  # tiny frames are a few dozen pixels: drawn 4× larger (nearest) so a viewer sees them
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -137,7 +137,7 @@ class FrozenTokenizers:
     def keyframe_condition(self, keyframes: torch.Tensor) -> torch.Tensor:
         """uint8 keyframes [B, S, S, 3] → decoded features of their own visual codes [B, N, D]."""
         vt = self.visual
-        codes = vt.encode(vt.preprocess(keyframes.cpu()).to(vt.queries.device))
+        codes = vt.encode(vt.preprocess(keyframes.cpu()))  # preprocess moves them to the tokenizer's device
         return vt.decode_features(codes)
 
     @torch.no_grad()
