@@ -9,7 +9,9 @@ Every key is checked against the schema: an unknown key raises :class:`ConfigErr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -158,8 +160,19 @@ def register_section(name: str, schema: type) -> None:
 
 
 def _schema() -> DictConfig:
+    """A fresh copy of the typed schema (built once per set of registered sections: building it is the slow part)."""
     import videolavit.schemas  # noqa: F401  (registers the stage sections)
 
+    key = tuple(_EXTRA_SECTIONS.items())
+    if _SCHEMA_CACHE.get("key") != key:
+        _SCHEMA_CACHE.update(key=key, schema=_build_schema())
+    return copy.deepcopy(_SCHEMA_CACHE["schema"])
+
+
+_SCHEMA_CACHE: dict[str, Any] = {}
+
+
+def _build_schema() -> DictConfig:
     base = OmegaConf.structured(Config)
     OmegaConf.set_struct(base, False)
     for name, schema in _EXTRA_SECTIONS.items():
@@ -195,16 +208,24 @@ def _merge(cfg: DictConfig, update: Any, source: str) -> DictConfig:
         update = OmegaConf.to_container(update, resolve=False)
     _check_keys(cfg, update, source)
     try:
-        return OmegaConf.merge(cfg, update)
+        cfg.merge_with(update)  # in place: OmegaConf.merge deep-copies the whole tree on every layer
+        return cfg
     except Exception as exc:  # omegaconf validation error: wrong type for a key
         raise ConfigError(f"invalid value in {source}: {exc}") from None
 
 
 def _read_yaml(path: Path) -> Any:
     try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+        stat = Path(path).stat()
+        return copy.deepcopy(_read_yaml_cached(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size))
     except Exception as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _read_yaml_cached(path: str, mtime_ns: int, size: int) -> Any:
+    """The parsed file, once per process and version of the file (load_config reads a dozen files per call)."""
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
 
 
 def _drop_nulls(tree: dict) -> dict:
@@ -280,7 +301,9 @@ def load_config(
 
 def apply_overrides(cfg: DictConfig, overrides: Iterable[str], source: str = "overrides") -> DictConfig:
     """A copy of ``cfg`` with ``key=value`` overrides merged in (validated like CLI overrides)."""
-    merged = _merge(cfg, parse_overrides(overrides), source)
+    merged = copy.deepcopy(cfg)
+    OmegaConf.set_struct(merged, True)
+    merged = _merge(merged, parse_overrides(overrides), source)
     OmegaConf.set_struct(merged, True)
     return merged
 

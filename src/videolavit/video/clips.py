@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Optional
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 from PIL import Image
 
@@ -142,6 +143,7 @@ class ClipStream:
         ordinal, valid, last_taken = 0, 0, -T
         first_two: list[tuple[int, list[_Frame]]] = []
         resized: tuple[Optional[av.VideoFrame], Optional[av.VideoFrame]] = (None, None)
+        scaler = VideoReformatter()  # one swscale context for the whole video (frame.reformat rebuilds it per call)
         frames = iter_resampled(
             self.path, self.fps, self.source, video.max_source_frames, threads=int(video.threads), opened=self._opened
         )
@@ -150,7 +152,7 @@ class ClipStream:
             for k, source in _with_flush(frames):
                 if source is not None:
                     if resized[0] is not source:  # a held frame repeats when upsampling: scale it once
-                        resized = (source, source.reformat(width, height, "yuv420p", interpolation=SCALER))
+                        resized = (source, scaler.reformat(source, width, height, "yuv420p", interpolation=SCALER))
                     pending[k] = source
                     self.num_frames = k + 1
                     outputs = codec.push(resized[1], k)
