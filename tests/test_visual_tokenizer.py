@@ -10,7 +10,7 @@ from videolavit.models.visual_tokenizer import CLIP_MEAN, CLIP_STD, VisualTokeni
 
 TINY = dict(
     image_size=64, patch_size=8, width=64, depth=2, heads=4, mlp_ratio=4.0,
-    merger_depth=1, decoder_depth=2, code_dim=16, codebook_size=256,
+    merger_depth=1, decoder_depth=2, code_dim=16, codebook_size=256, train_selection="deterministic",
 )  # fmt: skip
 
 
@@ -115,6 +115,23 @@ def test_forward_gives_variable_codes_and_trains_the_selector():
     grad = sum(p.grad.abs().sum() for p in model.selector.parameters() if p.grad is not None)
     assert grad > 0
     assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+def test_deterministic_training_selection_is_the_inference_mask_with_selector_gradients():
+    torch.manual_seed(0)
+    model = VisualTokenizer(**TINY)
+    x = shapes_images(4, seed=0)
+    train_mask = model.train()(x)["keep_mask"]
+    eval_mask = model.eval()(x)["keep_mask"]
+    assert torch.equal(train_mask, eval_mask)  # what the decoder learns from is what tokenize will produce
+    model.train()
+    model(x)["loss"].backward()
+    assert sum(p.grad.abs().sum() for p in model.selector.parameters() if p.grad is not None) > 0
+    gumbel = VisualTokenizer(**{**TINY, "train_selection": "gumbel"}).train()
+    masks = {tuple(gumbel(x)["keep_mask"].flatten().tolist()) for _ in range(3)}
+    assert len(masks) > 1  # LaVIT's sampled training mask
+    with pytest.raises(ConfigError, match="train_selection"):
+        VisualTokenizer(**{**TINY, "train_selection": "soft"})
 
 
 @pytest.mark.parametrize("selection", ["expected", "threshold", "topk"])

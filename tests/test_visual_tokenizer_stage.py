@@ -79,11 +79,16 @@ def test_stage_trains_saves_and_reports_token_metrics(vt_cfg, tmp_path):
     metrics = visual_tokenizer.run(cfg)
     assert metrics["global_step"] == 4
     for key in ("val/rec_loss", "val/tokens_per_image", "val/tokens_per_image_std", "val/keep_fraction",
-                "val/codebook_usage", "val/perplexity"):  # fmt: skip
+                "val/codebook_usage", "val/perplexity", "val/rec_loss_mean_color_baseline",
+                "val/rec_loss_random_codes"):  # fmt: skip
         assert np.isfinite(metrics[key]), key
     assert 1 <= metrics["val/tokens_per_image"] <= 16 and metrics["val/tokens_per_image_std"] >= 0
     assert metrics["val/keep_fraction"] == pytest.approx(metrics["val/tokens_per_image"] / 16)
     assert 0 < metrics["val/codebook_usage"] <= 1
+    # the baseline is each val image's mean colour: recompute it from the val images
+    val_pixels = preprocess_images(torch.from_numpy(ImageDataModule(cfg, KEYFRAME, 8).dataset("val").cache), KEYFRAME)
+    colour = val_pixels.mean((2, 3), keepdim=True)
+    assert metrics["val/rec_loss_mean_color_baseline"] == pytest.approx(float((val_pixels - colour).pow(2).mean()), rel=1e-4)
     written = json.loads((tmp_path / "metrics" / "visual_tokenizer.json").read_text())
     assert written["val/tokens_per_image"] == pytest.approx(metrics["val/tokens_per_image"])
 

@@ -282,6 +282,7 @@ class VisualTokenizerModelConfig:
     keep_weight: float = 2.0
     gumbel_tau: float = 1.0
     selection: str = "expected"  # expected | threshold | topk (deterministic inference; models/visual_tokenizer.py)
+    train_selection: str = "gumbel"  # gumbel (LaVIT: sampled mask) | deterministic (inference choice, straight-through)
     rec_loss: str = "auto"  # auto (cosine to a teacher, MSE to pixels) | cosine | mse
     teacher_path: Optional[str] = None  # a local transformers vision model (EVA-CLIP / CLIP); None: pixel target
 

@@ -10,6 +10,12 @@ the count the sampled mask has on average, so the count follows the image and it
 ``"threshold"`` keeps the patches with p_keep > 0.5; it collapses to one token while the selector is unsure (p_keep
 near ρ everywhere: measured on the tiny model after 200 steps). ``"topk"`` keeps round(ρ·N), a fixed count. The
 official code samples the Gumbel mask even at inference (a stochastic count); ``encode(images, sample=True)`` does that.
+
+Training selection: ``train_selection="gumbel"`` (default, LaVIT) samples the hard Gumbel mask; ``"deterministic"``
+trains on the inference choice itself with straight-through gradients to p_keep. While the selector is unsure (p_keep
+near ρ everywhere, all of a short run) a sampled mask is a random third of the patches, while the inference choice is
+a fixed-looking subset the decoder never saw: on the tiny corpus (300 steps) deterministic val rec loss was 0.259 with
+Gumbel training vs 0.226 with a sampled val mask, and 0.220 when training on the deterministic choice (the tiny default).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from videolavit.models.quantizer import VectorQuantizer
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 SELECTIONS = ("expected", "threshold", "topk")
+TRAIN_SELECTIONS = ("gumbel", "deterministic")
 REC_LOSSES = ("auto", "cosine", "mse")
 MAX_PREFIX_TOKENS = 8  # a teacher's non-patch tokens before its patches (CLS, registers)
 
@@ -211,6 +218,7 @@ class VisualTokenizer(nn.Module):
         keep_weight: float = 2.0,
         gumbel_tau: float = 1.0,
         selection: str = "expected",
+        train_selection: str = "gumbel",
         rec_loss: str = "auto",
         teacher_path: Optional[str] = None,
     ):
@@ -219,6 +227,8 @@ class VisualTokenizer(nn.Module):
             raise ConfigError(f"image_size {image_size} is not a multiple of patch_size {patch_size}")
         if selection not in SELECTIONS:
             raise ConfigError(f"selection '{selection}' is not one of {', '.join(SELECTIONS)}")
+        if train_selection not in TRAIN_SELECTIONS:
+            raise ConfigError(f"train_selection '{train_selection}' is not one of {', '.join(TRAIN_SELECTIONS)}")
         if rec_loss not in REC_LOSSES:
             raise ConfigError(f"rec_loss '{rec_loss}' is not one of {', '.join(REC_LOSSES)}")
         if not 0 < keep_ratio <= 1:
@@ -229,7 +239,7 @@ class VisualTokenizer(nn.Module):
         self.image_size, self.patch_size = image_size, patch_size
         self.num_patches = (image_size // patch_size) ** 2
         self.keep_ratio, self.keep_weight, self.gumbel_tau = keep_ratio, keep_weight, gumbel_tau
-        self.selection = selection
+        self.selection, self.train_selection = selection, train_selection
         self.codebook_size = codebook_size
 
         if teacher_path:
@@ -321,8 +331,12 @@ class VisualTokenizer(nn.Module):
         x = patches.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(B, 3, g * p, g * p)
 
-    def select(self, log_probs, sample: bool):
-        """log-probs [B, N, 2] → keep mask [B, N] float (straight-through gradients when sampled). Never empty."""
+    def select(self, log_probs, sample: bool, straight_through: bool = False):
+        """log-probs [B, N, 2] → keep mask [B, N] float. Never empty.
+
+        ``sample``: a hard Gumbel mask (straight-through gradients). Else the deterministic ``selection``; with
+        ``straight_through`` its 0/1 mask carries the gradient of p_keep (value unchanged), so the selector trains on it.
+        """
         p_keep = log_probs[..., 0]
         if sample:
             keep = F.gumbel_softmax(log_probs, tau=self.gumbel_tau, hard=True)[..., 0]
@@ -336,13 +350,16 @@ class VisualTokenizer(nn.Module):
                 k = p_keep.exp().sum(1).round().clamp(1, N)  # [B] the sampled mask's expected count
             rank = p_keep.argsort(1, descending=True).argsort(1)  # [B, N] 0 = likeliest patch
             keep = (rank < k[:, None]).to(log_probs.dtype)
+        if straight_through and not sample:
+            p = p_keep.exp()
+            keep = keep + p - p.detach()
         # a selector that drops every patch would leave nothing to decode (official issue #38): keep the likeliest one
         empty = keep.detach().sum(1) == 0
         if empty.any():
             keep = keep + F.one_hot(p_keep.argmax(1), p_keep.shape[1]).to(keep.dtype) * empty[:, None].to(keep.dtype)
         return keep
 
-    def _merge(self, images, sample: bool):
+    def _merge(self, images, sample: bool, straight_through: bool = False):
         """images → (merged token features [B, N, code_dim] for every patch, keep mask [B, N], target [B, N, T])."""
         if self.teacher is not None:
             raw = self._teacher_features(images)  # [B, N, Dt]
@@ -351,7 +368,7 @@ class VisualTokenizer(nn.Module):
             raw = self.encoder(images)  # [B, N, width]
             target = self.patchify(images)
         feats = self.feature_proj(self.ln_vision(raw))  # [B, N, width]
-        keep = self.select(self.selector(feats), sample)  # [B, N]
+        keep = self.select(self.selector(feats), sample, straight_through)  # [B, N]
         x = feats
         for block in self.merger:
             x = block(x, feats, self_weights=keep, context_weights=1.0 - keep, causal=self.merger_causal)
@@ -389,10 +406,12 @@ class VisualTokenizer(nn.Module):
 
     # ---- public API ------------------------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor, sample: Optional[bool] = None) -> dict:
-        """Tokenize and reconstruct. ``sample`` None: Gumbel sampling in training, deterministic choice in eval."""
+        """Tokenize and reconstruct. ``sample`` None: in training the ``train_selection`` (Gumbel sampling, or the
+        deterministic choice with straight-through gradients), in eval the deterministic choice."""
         self._check_images(images)
-        sample = self.training if sample is None else sample
-        z, keep, target = self._merge(images, sample)
+        if sample is None:
+            sample = self.training and self.train_selection == "gumbel"
+        z, keep, target = self._merge(images, sample, straight_through=self.training and not sample)
         mask = keep.detach() > 0
         q = self.quantizer(z, mask=mask)
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)  # the index each kept token has in the code sequence

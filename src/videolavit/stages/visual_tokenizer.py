@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from omegaconf import DictConfig
 
 from videolavit import tracking
@@ -28,18 +29,36 @@ STAGE = "visual_tokenizer"
 NO_DECAY = ("pos_embed", "token_pos", "queries")  # position tables and learned queries are not weight-decayed
 
 
-class VisualEvaluation:
-    """Validation metrics over many batches: reconstruction loss, tokens per image (mean, spread), code usage."""
+def mean_baseline_loss(model: VisualTokenizer, target: torch.Tensor) -> torch.Tensor:
+    """The reconstruction loss of predicting each image's mean, per image [B]: for a pixel target its mean colour
+    (every pixel of the image set to it), for a teacher target its mean patch feature. Tokens worth having beat it."""
+    if model.teacher is None:
+        B, N, _ = target.shape
+        colour = target.reshape(B, -1, 3).mean(1, keepdim=True)  # patchify puts the channel last
+        prediction = colour.expand(B, target.shape[1] * target.shape[2] // 3, 3).reshape(target.shape)
+    else:
+        prediction = target.mean(1, keepdim=True).expand_as(target)
+    if model.rec_loss == "cosine":
+        return (1 - F.cosine_similarity(prediction, target, dim=-1)).mean(1)
+    return (prediction - target).pow(2).mean((1, 2))
 
-    def __init__(self, codebook_size: int, num_patches: int):
-        self.codebook_size, self.num_patches = codebook_size, num_patches
-        self.rec_sum, self.images = 0.0, 0
+
+class VisualEvaluation:
+    """Validation metrics over many batches: reconstruction loss (and the mean-colour baseline's), tokens per image
+    (mean, spread), code usage."""
+
+    def __init__(self, model: VisualTokenizer):
+        self.model = model
+        self.codebook_size, self.num_patches = model.codebook_size, model.num_patches
+        self.baseline_name = "mean_color" if model.teacher is None else "mean_feature"
+        self.rec_sum, self.baseline_sum, self.images = 0.0, 0.0, 0
         self.counts: list[int] = []
         self.codes: list[torch.Tensor] = []
 
     def update(self, out: dict) -> None:
         batch = int(out["keep_mask"].shape[0])
         self.rec_sum += float(out["rec_loss"]) * batch
+        self.baseline_sum += float(mean_baseline_loss(self.model, out["target"].detach()).sum())
         self.images += batch
         self.counts += out["keep_mask"].sum(1).tolist()
         self.codes += [c.detach().cpu() for c in out["codes"]]
@@ -51,6 +70,7 @@ class VisualEvaluation:
         stats = code_statistics(torch.cat(self.codes), self.codebook_size)
         return {
             f"{prefix}/rec_loss": self.rec_sum / self.images,
+            f"{prefix}/rec_loss_{self.baseline_name}_baseline": self.baseline_sum / self.images,
             f"{prefix}/tokens_per_image": float(counts.mean()),
             f"{prefix}/tokens_per_image_std": float(counts.std(unbiased=False)),
             f"{prefix}/tokens_per_image_min": float(counts.min()),
@@ -94,7 +114,7 @@ class VisualTokenizerModule(L.LightningModule):
         return out["loss"]
 
     def on_validation_epoch_start(self) -> None:
-        self.evaluation = VisualEvaluation(self.model.codebook_size, self.model.num_patches)
+        self.evaluation = VisualEvaluation(self.model)
         self.sample = None
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -215,13 +235,27 @@ def model_kwargs(cfg: DictConfig) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model: VisualTokenizer, loader, prefix: str = "val") -> dict[str, float]:
-    """Metrics of ``model`` over every batch of ``loader`` (eval mode: deterministic selection, no codebook update)."""
-    evaluation = VisualEvaluation(model.codebook_size, model.num_patches)
+def evaluate(model: VisualTokenizer, loader, prefix: str = "val", seed: int = 0) -> dict[str, float]:
+    """Metrics of ``model`` over every batch of ``loader`` (eval mode: deterministic selection, no codebook update),
+    plus ``rec_loss_random_codes``: the loss of decoding uniformly random codes of the same lengths (seeded)."""
+    evaluation = VisualEvaluation(model)
     model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    random_sum, images = 0.0, 0
     for batch in loader:
-        evaluation.update(model(model.preprocess(batch["image"])))
-    return evaluation.compute(prefix)
+        out = model(model.preprocess(batch["image"]))
+        evaluation.update(out)
+        codes = [torch.randint(0, model.codebook_size, (len(c),), generator=generator) for c in out["codes"]]
+        recon = model.decode_features(codes)
+        if model.rec_loss == "cosine":
+            loss = (1 - F.cosine_similarity(recon, out["target"], dim=-1)).mean(1)
+        else:
+            loss = (recon - out["target"]).pow(2).mean((1, 2))
+        random_sum, images = random_sum + float(loss.sum()), images + len(codes)
+    metrics = evaluation.compute(prefix)
+    if images:
+        metrics[f"{prefix}/rec_loss_random_codes"] = random_sum / images
+    return metrics
 
 
 def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
@@ -257,7 +291,9 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     )
     print(
         f"visual_tokenizer: step {trainer.global_step}, {throughput.images_per_second:.1f} images/s, "
-        f"val/rec_loss {metrics.get('val/rec_loss', float('nan')):.4f}, "
+        f"val/rec_loss {metrics.get('val/rec_loss', float('nan')):.4f} (mean baseline "
+        f"{metrics.get('val/rec_loss_mean_color_baseline', metrics.get('val/rec_loss_mean_feature_baseline', float('nan'))):.4f}, "
+        f"random codes {metrics.get('val/rec_loss_random_codes', float('nan')):.4f}), "
         f"{metrics.get('val/tokens_per_image', float('nan')):.1f} ± {metrics.get('val/tokens_per_image_std', float('nan')):.1f} "
         f"tokens of {model.num_patches} patches, codebook usage {metrics.get('val/codebook_usage', float('nan')):.2f} → {out_dir}"
     )
