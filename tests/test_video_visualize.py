@@ -55,3 +55,21 @@ def test_cli_show_motion(tmp_path, square_video, capsys):
     assert out.is_file() and str(out) in capsys.readouterr().out
     assert main(["show-motion", str(tmp_path / "nope.mp4"), "--out", str(out)]) == 2
     assert "nope.mp4: no such file" in capsys.readouterr().err
+
+
+def test_draw_motion_puts_arrows_where_the_field_moves(tiny):
+    from videolavit.video import normalize_motion
+    from videolavit.video.visualize import draw_motion
+
+    image = np.full((64, 64, 3), 40, np.uint8)
+    px = np.zeros((2, 1, 8, 12), np.float32)
+    px[0, 0, 2:4, 6:9] = 4.0  # 4 px/frame to the right in a block of the right half
+    field = normalize_motion(px, tiny)[:, 0]
+    drawn = np.asarray(draw_motion(image, field, tiny, title="decoded"))
+    arrow = (drawn == np.array([255, 230, 0])).all(axis=-1)
+    assert drawn.shape == (320, 480, 3)
+    assert arrow[:, 240:].sum() > 20 and arrow[20:, :200].sum() == 0  # arrows only over the moving block
+    still = np.asarray(draw_motion(image, np.zeros((2, 8, 12), np.float32), tiny))
+    assert (still == np.array([255, 230, 0])).all(axis=-1).sum() == 0
+    with pytest.raises(ConfigError, match=r"one motion frame \[2, h, w\]"):
+        draw_motion(image, np.zeros((2, 3, 8, 12)), tiny)

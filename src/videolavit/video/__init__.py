@@ -2,6 +2,7 @@
 
 from videolavit.video.clips import Clip, ClipStream, Decomposition, decompose_video, iter_clips
 from videolavit.video.motion import denormalize_motion, normalize_motion
+from videolavit.video.visualize import draw_motion, show_motion
 
 __all__ = [
     "Clip",
@@ -9,6 +10,8 @@ __all__ = [
     "Decomposition",
     "decompose_video",
     "denormalize_motion",
+    "draw_motion",
     "iter_clips",
     "normalize_motion",
+    "show_motion",
 ]

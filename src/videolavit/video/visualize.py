@@ -1,4 +1,5 @@
-"""``show_motion``: a clip's motion field as arrows over its keyframe (PNG) or over its frames (animated GIF)."""
+"""``show_motion``: a clip's motion field as arrows over its keyframe (PNG) or over its frames (animated GIF);
+``draw_motion``: the same arrows over any image, for motion that did not come from a file (decoded, generated)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,29 @@ def show_motion(
         duration = int(round(1000 / float(video.fps)))
         images[0].save(out_path, save_all=True, append_images=images[1:], duration=duration, loop=0)
     return out_path
+
+
+def draw_motion(
+    image: np.ndarray, field: np.ndarray, config: Any = None, title: str = "", normalized: bool = True
+) -> Image.Image:
+    """Arrows of one motion frame over an image, as ``show_motion`` draws them.
+
+    ``image`` uint8 ``[H, W, 3]`` (shown at least MIN_DISPLAY_WIDTH wide, at the encode aspect); ``field`` ``[2, h, w]``
+    one frame of a clip's motion, normalized as the clips store it (``normalized=False``: already px/frame at the
+    encode size). Returns a PIL image.
+    """
+    field = np.asarray(field, dtype=np.float32)
+    if field.ndim != 3 or field.shape[0] != 2:
+        raise ConfigError(f"draw_motion needs one motion frame [2, h, w], got shape {list(field.shape)}")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ConfigError(f"draw_motion needs a uint8 [H, W, 3] image, got {image.dtype} {list(image.shape)}")
+    video = _display_settings(config)
+    px = denormalize_motion(field[:, None], video)[:, 0] if normalized else field
+    size = (int(video.frames_width), int(video.frames_height))
+    canvas = Image.fromarray(image).resize(size, Image.BICUBIC)
+    _draw_arrows(canvas, px, _arrow_gain(px[:, None], size, int(video.encode_width)), video, title)
+    return canvas
 
 
 def _display_settings(config: Any) -> Any:
