@@ -133,6 +133,21 @@ def test_chance_levels_come_from_answer_families():
     assert out["val/qa_prior_appearance"] == 0.0
 
 
+def test_media_records_read_every_record_unless_a_part_is_named(toy_cfg):
+    """Token ids passed where ``part``/``parts`` go silently kept every parts-th record (evaluate QA saw ~half the
+    test split): the reader's sharding arguments are keyword-only."""
+    from videolavit.data.lm_data import load_media_records
+    from videolavit.data.tokens import iter_token_records, read_token_meta, vocab_from_meta
+
+    vocab = vocab_from_meta(read_token_meta(toy_cfg.paths.tokens))
+    every = load_media_records(toy_cfg.paths.tokens, "test", vocab, "media", bos=1, eos=2)
+    assert [r["id"] for r in every] == [r["id"] for r in iter_token_records(toy_cfg.paths.tokens, "test")]
+    halves = [load_media_records(toy_cfg.paths.tokens, "test", vocab, part=p, parts=2) for p in (0, 1)]
+    assert sorted(r["id"] for h in halves for r in h) == sorted(r["id"] for r in every)
+    with pytest.raises(TypeError):
+        load_media_records(toy_cfg.paths.tokens, "test", vocab, "media", 1, 2)
+
+
 def test_batched_answers_equal_one_by_one_greedy_answers(toy_cfg):
     from videolavit.data.lm_data import load_media_records
     from videolavit.models.lm import build_lm

@@ -160,7 +160,7 @@ def global_worker(rank: int, world: int) -> tuple[int, int, int]:
 
 
 def load_media_records(
-    tokens_dir: str | Path, split: str, vocab: Vocab, video_input: str = "media", part: int = 0, parts: int = 1,
+    tokens_dir: str | Path, split: str, vocab: Vocab, video_input: str = "media", *, part: int = 0, parts: int = 1,
     bos: Optional[int] = None, eos: Optional[int] = None,
 ) -> list[dict]:
     """The records of ``split`` this reader keeps (every ``parts``-th; whole shards when there are enough), compacted:
@@ -354,7 +354,8 @@ class LMDataModule(L.LightningDataModule):
     def records(self, split: str, part: int = 0, parts: int = 1) -> list[dict]:
         if not token_shard_paths(self.tokens_dir, split):
             raise MissingArtifactError(f"no '{split}' token shards in '{self.tokens_dir}'. Run `videolavit tokenize` first.")
-        return load_media_records(self.tokens_dir, split, self.vocab, self.video_input, part, parts, self.bos, self.eos)
+        return load_media_records(self.tokens_dir, split, self.vocab, self.video_input, part=part, parts=parts,
+                                  bos=self.bos, eos=self.eos)  # fmt: skip
 
     def _loader(self, dataset, batch_size, collate, workers: int = 0) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, shuffle=False,

@@ -238,7 +238,8 @@ def evaluate_qa(cfg: DictConfig, protocol: DictConfig, results: Results, out_dir
         raise ConfigError(f"the LM in '{lm_path}' has {models.vocab}, the token shards {shards}: re-run the LM stages")
     tok = models.text_tokenizer
     template = models.lm_info.get("template") or str(cfg.lm.template)
-    media = {r["id"]: r for r in load_media_records(tokens, qa.split, shards, "media", tok.bos_token_id, tok.eos_token_id)}
+    records = load_media_records(tokens, qa.split, shards, "media", bos=tok.bos_token_id, eos=tok.eos_token_id)
+    media = {r["id"]: r for r in records}
     items = _qa_items(list(media.values()), qa.max_questions, _seed(cfg))
     video = [i for i in items if i["kind"] == "video"]
     image = [i for i in items if i["kind"] == "image"]
@@ -299,8 +300,8 @@ def no_motion_ablation(cfg, protocol, results: Results, models, video: list, sha
         return
     tok = models.text_tokenizer
     try:
-        records = load_media_records(cfg.paths.tokens, protocol.qa.split, shards, "frames_media", tok.bos_token_id,
-                                     tok.eos_token_id)  # fmt: skip
+        records = load_media_records(cfg.paths.tokens, protocol.qa.split, shards, "frames_media", bos=tok.bos_token_id,
+                                     eos=tok.eos_token_id)  # fmt: skip
         frames = {r["id"]: r for r in records if r["kind"] == "video"}
     except MissingArtifactError as exc:
         results.notes[f"{NO_MOTION}qa/*"] = str(exc)
