@@ -150,3 +150,25 @@ def test_tiny_default_meets_the_quality_bar(tiny_cfg_factory, tmp_path):
     metrics = fit(tiny_cfg_factory("tracking.enabled=false"))
     assert metrics["val/epe"] <= 0.5 * metrics["val/epe_zero_baseline"]
     assert metrics["val/codebook_usage"] > 0.5
+
+
+def test_reconstruction_losses_match_their_definitions(tiny_cfg_factory):
+    from videolavit.errors import ConfigError
+    from videolavit.metrics.motion import MotionEPE
+    from videolavit.stages.motion_tokenizer import reconstruction_loss
+    from videolavit.video.motion import denormalize_motion
+
+    cfg = tiny_cfg_factory("tracking.enabled=false")
+    assert cfg.motion_tokenizer.loss == "mse_epe"  # the tiny default
+    rng = np.random.default_rng(3)
+    motion = torch.from_numpy(np.stack([smooth_motion(rng) for _ in range(2)]))
+    rec = motion + 0.1 * torch.randn_like(motion)
+    mse = reconstruction_loss(rec, motion, "mse", cfg.video)
+    epe = reconstruction_loss(rec, motion, "epe", cfg.video)
+    metric = MotionEPE()
+    metric.update(denormalize_motion(rec, cfg.video, axis=1), denormalize_motion(motion, cfg.video, axis=1))
+    assert mse == pytest.approx(float(torch.nn.functional.mse_loss(rec, motion)))
+    assert epe == pytest.approx(float(metric.compute()), rel=1e-4)
+    assert reconstruction_loss(rec, motion, "mse_epe", cfg.video) == pytest.approx(float(mse + epe), rel=1e-5)
+    with pytest.raises(ConfigError, match="motion_tokenizer.loss"):
+        reconstruction_loss(rec, motion, "l3", cfg.video)

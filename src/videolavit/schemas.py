@@ -62,6 +62,9 @@ class MotionTokenizerModelConfig:
 @dataclass
 class MotionTokenizerStageConfig:
     model: MotionTokenizerModelConfig = field(default_factory=MotionTokenizerModelConfig)
+    # Reconstruction loss: mse (the paper's, on normalized motion) | mse_epe (MSE + end-point error in px/frame: the
+    # EPE term pulls the many still macroblocks to exactly zero, which MSE alone blurs) | epe (EPE alone)
+    loss: str = "mse"
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
 

@@ -176,6 +176,9 @@ class MotionTokenizer(nn.Module):
         self.decoder_norm = nn.LayerNorm(dim)
         self.decode_task_layer = _task_layer(dim, in_channels)
         self.apply(_init_weights)
+        # The input is 2-channel, mostly-zero motion: at std 0.02 its embedding starts far below the positional
+        # embeddings and the encoder starts (and, at a high LR, stays) blind to it. Unit std puts motion first.
+        nn.init.normal_(self.in_proj.weight, std=1.0)
         nn.init.trunc_normal_(self.spatial_pos, std=0.02)
         nn.init.trunc_normal_(self.temporal_pos, std=0.02)
 

@@ -27,6 +27,20 @@ from videolavit.video.motion import denormalize_motion
 
 STAGE = "motion_tokenizer"
 SAMPLE_FRAMES = (1, 6, 11, 13, 18, 23)  # frames drawn in the validation figure (0 and 12 are I-frames)
+LOSSES = ("mse", "mse_epe", "epe")
+
+
+def reconstruction_loss(reconstruction: torch.Tensor, motion: torch.Tensor, kind: str, video_cfg: Any) -> torch.Tensor:
+    """``kind`` of ``LOSSES`` between normalized motion [B, 2, T, h, w]: MSE, end-point error in px/frame, or both."""
+    if kind not in LOSSES:
+        raise ConfigError(f"motion_tokenizer.loss must be one of {LOSSES}, got {kind!r}")
+    terms = []
+    if kind in ("mse", "mse_epe"):
+        terms.append(F.mse_loss(reconstruction, motion))
+    if kind in ("epe", "mse_epe"):
+        error_px = denormalize_motion(reconstruction - motion, video_cfg, axis=1)
+        terms.append(error_px.square().sum(dim=1).add(1e-6).sqrt().mean())  # the eps keeps the gradient finite at 0
+    return sum(terms)
 
 
 class MotionEvaluation:
@@ -63,11 +77,22 @@ class MotionEvaluation:
 
 
 class MotionTokenizerModule(L.LightningModule):
-    """MSE reconstruction + commitment loss; AdamW with cosine warm-up; exact resume including the RNG state."""
+    """Reconstruction (``loss``: MSE, EPE or both) + commitment loss; AdamW, cosine warm-up; exact resume with RNG state."""
 
-    def __init__(self, model_kwargs: dict, optim: dict, max_steps: int, video_cfg: Any, samples_dir: Optional[str] = None):
+    def __init__(
+        self,
+        model_kwargs: dict,
+        optim: dict,
+        max_steps: int,
+        video_cfg: Any,
+        samples_dir: Optional[str] = None,
+        loss: str = "mse",
+    ):
         super().__init__()
+        if loss not in LOSSES:
+            raise ConfigError(f"motion_tokenizer.loss must be one of {LOSSES}, got {loss!r}")
         self.model = MotionTokenizer(**model_kwargs)
+        self.loss_kind = loss
         self.optim, self.max_steps, self.video_cfg = optim, int(max_steps), video_cfg
         self.samples_dir = Path(samples_dir) if samples_dir else None
         self.evaluation: Optional[MotionEvaluation] = None
@@ -78,7 +103,7 @@ class MotionTokenizerModule(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         motion = batch["motion"]  # [B, 2, T, h, w]
         out = self.model(motion)
-        rec_loss = F.mse_loss(out["reconstruction"], motion)
+        rec_loss = reconstruction_loss(out["reconstruction"], motion, self.loss_kind, self.video_cfg)
         loss = rec_loss + out["vq_loss"]
         self.log_dict({"train/loss": loss, "train/rec_loss": rec_loss, "train/vq_loss": out["vq_loss"]}, prog_bar=False)
         self.last_train_loss = float(loss.detach())
@@ -218,7 +243,8 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         datamodule.shard_paths(split)  # fail before building anything when decompose has not run
     runs_dir = Path(cfg.paths.runs) / STAGE
     module = MotionTokenizerModule(
-        model_kwargs, section_kwargs(stage_cfg.optim), int(train_cfg.max_steps), cfg.video, str(runs_dir / "samples")
+        model_kwargs, section_kwargs(stage_cfg.optim), int(train_cfg.max_steps), cfg.video, str(runs_dir / "samples"),
+        loss=str(stage_cfg.loss),
     )
     throughput = Throughput()
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=[throughput, *(callbacks or [])])
