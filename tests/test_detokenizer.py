@@ -191,3 +191,19 @@ def test_bad_inputs_name_the_problem():
         keyframe.training_loss(torch.zeros(1, 3, 8, 8), torch.zeros(1, 6, 32))
     with pytest.raises(ValueError, match="uint8"):
         keyframe.training_loss(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1, 6, 16))
+
+
+def test_keyframe_skip_starts_from_the_static_clip_and_learns_the_change():
+    torch.manual_seed(0)
+    kwargs = {"frames": 4, "height": 8, "width": 8, "motion_encoder": {"grid": [4, 4], "depth": 1}}
+    model = VideoDetokenizer(**kwargs, keyframe_skip=True, cond_dropout=0.0).eval()
+    keyframe, motion = torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 2, 4, 4, 4) * 0.1
+    static = keyframe[:, None].expand(2, 4, 3, 8, 8)
+    out = model.sample(keyframe, motion, steps=2, max_guidance=1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, static, atol=0.05, rtol=0)  # a fresh model adds ~nothing: D(x) = c_skip·x
+    plain = VideoDetokenizer(**kwargs).eval()
+    assert (plain.sample(keyframe, motion, steps=2, max_guidance=1.0) - static).abs().mean() > 0.1
+    # the diffused variable is the clip minus its keyframe: a static clip is a zero target, close to a fresh model's
+    losses = [m.training_loss(static, keyframe, motion, generator=torch.Generator().manual_seed(0)) for m in (model, plain)]
+    assert losses[0].item() < 0.25 * losses[1].item()
+    assert model.config["keyframe_skip"] and not plain.config["keyframe_skip"]

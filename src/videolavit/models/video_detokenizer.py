@@ -15,6 +15,10 @@ What the U-Net receives (per frame t of a clip of T frames; C = 3 pixel channels
 EDM (Karras 2022) with SVD's v-style preconditioning, σ_data configurable (1.0 for SVD weights):
 c_skip = σd²/(σ²+σd²), c_out = −σ·σd/√(σ²+σd²), c_in = 1/√(σ²+σd²), c_noise = ¼·ln σ; D(x) = c_skip·x + c_out·F(c_in·x).
 Training: ln σ ~ N(p_mean, p_std²) = N(1.0, 1.2²), loss = λ(σ)·‖D(x0 + σ·n) − x0‖² with λ = (σ²+σd²)/(σ·σd)².
+With ``keyframe_skip`` the diffusion runs on the clip minus its keyframe (both in diffusion space; the keyframe is
+added back after sampling) and a fresh U-Net's ``conv_out`` is zeroed: an untrained model renders the static clip and
+training only has to learn how the frames move away from the keyframe (the tiny CPU recipe; the paper's SVD-initialised
+U-Net predicts whole frames, so the option is off by default).
 Sampling: Euler over Karras σs; classifier-free guidance rising linearly per frame from 1 to `max_guidance`, the
 negative being zero motion features, zero motion channels and zero keyframe channels (the official negative); the same
 three are dropped together with probability `cond_dropout` in training.
@@ -120,6 +124,7 @@ class VideoDetokenizer(nn.Module):
         motion_bucket_id: int = 127,
         cond_dropout: float = 0.1,
         decode_chunk_size: int = 8,
+        keyframe_skip: bool = False,
         *,
         unet_model: nn.Module | None = None,
         vae: nn.Module | None = None,
@@ -133,7 +138,7 @@ class VideoDetokenizer(nn.Module):
             "sigma_data": float(sigma_data), "p_mean": float(p_mean), "p_std": float(p_std),
             "sigma_min": float(sigma_min), "sigma_max": float(sigma_max), "noise_aug": float(noise_aug),
             "fps": int(fps), "motion_bucket_id": int(motion_bucket_id), "cond_dropout": float(cond_dropout),
-            "decode_chunk_size": int(decode_chunk_size),
+            "decode_chunk_size": int(decode_chunk_size), "keyframe_skip": bool(keyframe_skip),
         }  # fmt: skip
         self.vae = vae if vae is not None else (load_vae(vae_dir) if vae_dir else None)
         if self.vae is not None:
@@ -156,6 +161,9 @@ class VideoDetokenizer(nn.Module):
                 num_frames=frames,
             )
             unet_model = UNetSpatioTemporalConditionModel(**kwargs)
+            if keyframe_skip:  # a fresh model predicts no change: it renders the static clip until trained
+                nn.init.zeros_(unet_model.conv_out.weight)
+                nn.init.zeros_(unet_model.conv_out.bias)
         self.unet = unet_model
         if self.unet.config.in_channels != 2 * channels + 2 or self.unet.config.out_channels != channels:
             raise ConfigError(f"the video U-Net must take {2 * channels + 2} and return {channels} channels")
@@ -232,6 +240,14 @@ class VideoDetokenizer(nn.Module):
         added_time_ids = torch.tensor([ids], dtype=keyframe_in.dtype, device=keyframe.device).expand(B, 3)
         return {"keyframe": keyframe_in, "motion": motion_in, "context": context, "added_time_ids": added_time_ids}
 
+    def skip_base(self, keyframe: torch.Tensor, frames: int) -> torch.Tensor | None:
+        """With ``keyframe_skip``: the clean keyframe in diffusion space repeated over time [B, T, C, h, w], which the
+        diffusion variable is taken relative to (x = clip − base); None otherwise."""
+        if not self.config["keyframe_skip"]:
+            return None
+        base = self.encode_frames(keyframe[:, None])  # [B, 1, C, h, w]
+        return base.expand(base.shape[0], frames, *base.shape[2:])
+
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
         """EDM denoiser D(x; σ) [B, T, C, h, w] with σ [B]."""
         sd = self.config["sigma_data"]
@@ -252,6 +268,9 @@ class VideoDetokenizer(nn.Module):
         B, T = frames.shape[:2]
         cond = self.conditions(keyframe, motion, T, generator)
         x0 = self.encode_frames(frames, generator)  # [B, T, C, h, w]
+        base = self.skip_base(keyframe, T)
+        if base is not None:
+            x0 = x0 - base  # the clip's change from its keyframe
         device = x0.device
         if self.training and self.config["cond_dropout"] > 0:
             keep = (torch.rand(B, generator=generator, device=device) >= self.config["cond_dropout"]).to(x0.dtype)
@@ -291,6 +310,7 @@ class VideoDetokenizer(nn.Module):
         """Frames [B, T, 3, H, W] in [-1, 1] from a keyframe and a (true or reconstructed) motion field of T frames."""
         B, T = keyframe.shape[0], motion.shape[2]
         cond = self.conditions(keyframe, motion, T, generator)
+        base = self.skip_base(keyframe, T)
         shape = (B, T, self.channels, *self.latent_size)
         if init_noise is None:
             init_noise = torch.randn(shape, generator=generator, device=keyframe.device)
@@ -311,7 +331,7 @@ class VideoDetokenizer(nn.Module):
             else:
                 denoised = self.denoise(x, sigma, cond)
             x = x + (sigmas[i + 1] - sigmas[i]) * (x - denoised) / sigmas[i]
-        return self.decode_frames(x)
+        return self.decode_frames(x if base is None else x + base)
 
     # -- persistence and SVD initialisation ----------------------------------------------------------------------------
 
