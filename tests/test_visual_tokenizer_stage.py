@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from videolavit.data.datamodules import ImageDataModule, read_image, resize_images
 from videolavit.data.manifest import Sample, write_manifest
@@ -85,8 +86,11 @@ def test_stage_trains_saves_and_reports_token_metrics(vt_cfg, tmp_path):
     assert 1 <= metrics["val/tokens_per_image"] <= 16 and metrics["val/tokens_per_image_std"] >= 0
     assert metrics["val/keep_fraction"] == pytest.approx(metrics["val/tokens_per_image"] / 16)
     assert 0 < metrics["val/codebook_usage"] <= 1
-    # the baseline is each val image's mean colour: recompute it from the val images
+    # the baseline is each val image's mean colour: recompute it from the val images (at the target's resolution: each
+    # patch pooled to pixel_target_size², which keeps the mean colour)
     val_pixels = preprocess_images(torch.from_numpy(ImageDataModule(cfg, KEYFRAME, 8).dataset("val").cache), KEYFRAME)
+    model_cfg = cfg.visual_tokenizer.model
+    val_pixels = F.avg_pool2d(val_pixels, model_cfg.patch_size // (model_cfg.pixel_target_size or model_cfg.patch_size))
     colour = val_pixels.mean((2, 3), keepdim=True)
     assert metrics["val/rec_loss_mean_color_baseline"] == pytest.approx(float((val_pixels - colour).pow(2).mean()), rel=1e-4)
     written = json.loads((tmp_path / "metrics" / "visual_tokenizer.json").read_text())

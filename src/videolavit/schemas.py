@@ -288,6 +288,9 @@ class VisualTokenizerModelConfig:
     train_selection: str = "gumbel"  # gumbel (LaVIT: sampled mask) | deterministic (inference choice, straight-through)
     rec_loss: str = "auto"  # auto (cosine to a teacher, MSE to pixels) | cosine | mse
     teacher_path: Optional[str] = None  # a local transformers vision model (EVA-CLIP / CLIP); None: pixel target
+    saliency_prior: float = 0.0  # + this × z-scored distance of a patch's mean colour from the image's, on its keep logit
+    token_loss_weight: float = 1.0  # each kept token's code rebuilds its own patch (token_head); 0: LaVIT's loss alone
+    pixel_target_size: Optional[int] = None  # pixel target: each patch average-pooled to s×s (1: its mean colour); None: full
 
 
 @dataclass
@@ -353,7 +356,7 @@ register_section("generate", GenerateConfig)
 class EvaluateStageConfig:
     """The evaluate stage: a versioned protocol (``conf/eval/<name>.yaml``) run on every trained model."""
 
-    protocol: str = "tiny_v1"  # a file name in conf/eval/ (without .yaml) or a path to a protocol YAML
+    protocol: str = "tiny_v2"  # a file name in conf/eval/ (without .yaml) or a path to a protocol YAML
     protocol_overrides: list = field(default_factory=list)  # key=value edits of the protocol (the run is tagged so)
     qa_lm_path: Optional[str] = None  # None: <paths.models>/lm_instruct
     generation_lm_path: Optional[str] = None  # None: generate.lm_path, else <paths.models>/lm_pretrain

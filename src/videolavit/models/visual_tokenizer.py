@@ -3,7 +3,16 @@
 ViT encoder (or a frozen transformers vision teacher) → token selector (hard Gumbel keep mask, straight-through) →
 token merger (kept tokens attend causally to each other and to the dropped ones) → VQ (codebook_size × code_dim) →
 decoder (one learned query per patch) that reconstructs the target: the teacher's patch features when ``teacher_path``
-is set, else the pixels of each patch. Loss: reconstruction + commitment + ``keep_weight·(keep fraction − ρ)²``.
+is set, else the pixels of each patch (average-pooled to ``pixel_target_size``² per patch when set: a low-pass target
+where stripe/checker texture no longer dominates the MSE). Loss: reconstruction + token reconstruction (each kept
+token's own patch target from its code alone, through ``token_head``, × ``token_loss_weight``) + commitment + ``keep_weight·(keep fraction − ρ)²``.
+
+Why the token term: the decoder's tokens are a set whose patch positions it cannot know, so an object token cannot be
+placed and the easiest use of the codes is a global background tint (measured: a bag-of-codes probe predicted object
+colour at chance). Asking every code to rebuild its own patch makes the code carry that patch's appearance.
+``saliency_prior`` (pixel target) adds that weight × the z-scored distance of each patch's mean colour from the image's
+mean colour to the keep logit, so the selection keeps the patches that stand out (the object) from the first step on,
+where the learned selector alone kept background and dropped the object in a short run.
 
 Inference is deterministic. ``selection="expected"`` (default) keeps the k likeliest patches, k = round(Σ p_keep):
 the count the sampled mask has on average, so the count follows the image and its mean matches training.
@@ -221,6 +230,9 @@ class VisualTokenizer(nn.Module):
         train_selection: str = "gumbel",
         rec_loss: str = "auto",
         teacher_path: Optional[str] = None,
+        pixel_target_size: Optional[int] = None,
+        saliency_prior: float = 0.0,
+        token_loss_weight: float = 1.0,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -231,6 +243,10 @@ class VisualTokenizer(nn.Module):
             raise ConfigError(f"train_selection '{train_selection}' is not one of {', '.join(TRAIN_SELECTIONS)}")
         if rec_loss not in REC_LOSSES:
             raise ConfigError(f"rec_loss '{rec_loss}' is not one of {', '.join(REC_LOSSES)}")
+        if pixel_target_size is not None and (pixel_target_size < 1 or patch_size % pixel_target_size):
+            raise ConfigError(
+                f"pixel_target_size must divide patch_size {patch_size} (or be null), got {pixel_target_size}"
+            )
         if not 0 < keep_ratio <= 1:
             raise ConfigError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
@@ -241,6 +257,9 @@ class VisualTokenizer(nn.Module):
         self.keep_ratio, self.keep_weight, self.gumbel_tau = keep_ratio, keep_weight, gumbel_tau
         self.selection, self.train_selection = selection, train_selection
         self.codebook_size = codebook_size
+        self.pixel_target_size = pixel_target_size or patch_size
+        self.saliency_prior = float(saliency_prior)
+        self.token_loss_weight = float(token_loss_weight)
 
         if teacher_path:
             self.teacher = load_vision_teacher(teacher_path)
@@ -259,7 +278,7 @@ class VisualTokenizer(nn.Module):
             self.teacher = None
             self.encoder = VisionEncoder(image_size, patch_size, width, depth, heads, mlp_ratio)
             feature_dim = width
-            self.target_dim = 3 * patch_size * patch_size
+            self.target_dim = 3 * self.pixel_target_size**2
             self.rec_loss = "mse" if rec_loss == "auto" else rec_loss
         self.ln_vision = nn.LayerNorm(feature_dim)
         self.feature_proj = nn.Linear(feature_dim, width) if feature_dim != width else nn.Identity()
@@ -282,6 +301,7 @@ class VisualTokenizer(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(decoder_width)
         self.decoder_head = nn.Linear(decoder_width, self.target_dim)
+        self.token_head = nn.Linear(code_dim, self.target_dim)  # a token's own patch from its code alone
         nn.init.trunc_normal_(self.token_pos, std=0.02)
         nn.init.trunc_normal_(self.queries, std=0.02)
 
@@ -318,18 +338,21 @@ class VisualTokenizer(nn.Module):
             raise ValueError(f"images must be float and normalized (use preprocess()), got dtype {images.dtype}")
 
     def patchify(self, images):
-        """[B, 3, S, S] → [B, N, 3·p·p] (the pixel target)."""
-        p = self.patch_size
+        """[B, 3, S, S] → [B, N, 3·s·s] (the pixel target): each patch average-pooled to s = ``pixel_target_size``."""
+        p = self.pixel_target_size
+        if p != self.patch_size:
+            images = F.avg_pool2d(images, self.patch_size // p)
         B, C, H, W = images.shape
         x = images.reshape(B, C, H // p, p, W // p, p).permute(0, 2, 4, 3, 5, 1)
         return x.reshape(B, (H // p) * (W // p), p * p * C)
 
     def unpatchify(self, patches):
-        """[B, N, 3·p·p] → [B, 3, S, S]."""
-        p, g = self.patch_size, self.image_size // self.patch_size
+        """[B, N, 3·s·s] → [B, 3, S, S] (a pooled target is repeated back to full size)."""
+        p, g = self.pixel_target_size, self.image_size // self.patch_size
         B = patches.shape[0]
-        x = patches.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4)
-        return x.reshape(B, 3, g * p, g * p)
+        x = patches.reshape(B, g, g, p, p, 3).permute(0, 5, 1, 3, 2, 4).reshape(B, 3, g * p, g * p)
+        scale = self.patch_size // p
+        return x if scale == 1 else x.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
 
     def select(self, log_probs, sample: bool, straight_through: bool = False):
         """log-probs [B, N, 2] → keep mask [B, N] float. Never empty.
@@ -359,6 +382,15 @@ class VisualTokenizer(nn.Module):
             keep = keep + F.one_hot(p_keep.argmax(1), p_keep.shape[1]).to(keep.dtype) * empty[:, None].to(keep.dtype)
         return keep
 
+    def _with_saliency(self, log_probs, images):
+        """Add ``saliency_prior`` × (each patch's standardized distance from the image's mean colour) to the keep logit."""
+        p = self.patch_size
+        colour = F.avg_pool2d(images, p).flatten(2).transpose(1, 2)  # [B, N, 3]
+        dist = (colour - colour.mean(1, keepdim=True)).norm(dim=-1)  # [B, N]
+        z = (dist - dist.mean(1, keepdim=True)) / dist.std(1, keepdim=True).clamp_min(1e-6)
+        logit = log_probs[..., 0] - log_probs[..., 1] + self.saliency_prior * z
+        return torch.stack([F.logsigmoid(logit), F.logsigmoid(-logit)], dim=-1)
+
     def _merge(self, images, sample: bool, straight_through: bool = False):
         """images → (merged token features [B, N, code_dim] for every patch, keep mask [B, N], target [B, N, T])."""
         if self.teacher is not None:
@@ -368,7 +400,10 @@ class VisualTokenizer(nn.Module):
             raw = self.encoder(images)  # [B, N, width]
             target = self.patchify(images)
         feats = self.feature_proj(self.ln_vision(raw))  # [B, N, width]
-        keep = self.select(self.selector(feats), sample, straight_through)  # [B, N]
+        log_probs = self.selector(feats)
+        if self.saliency_prior:
+            log_probs = self._with_saliency(log_probs, images)
+        keep = self.select(log_probs, sample, straight_through)  # [B, N]
         x = feats
         for block in self.merger:
             x = block(x, feats, self_weights=keep, context_weights=1.0 - keep, causal=self.merger_causal)
@@ -423,10 +458,16 @@ class VisualTokenizer(nn.Module):
         # on the batch mean, not per image: images may keep more or fewer tokens as long as the average is ρ
         fraction = keep.mean()
         keep_loss = (fraction - self.keep_ratio) ** 2
-        loss = rec + q.loss + self.keep_weight * keep_loss
+        own = self.token_head(q.quantized)[mask]  # [kept, target_dim]
+        if self.rec_loss == "cosine":
+            token_rec = (1 - F.cosine_similarity(own, target[mask], dim=-1)).mean()
+        else:
+            token_rec = F.mse_loss(own, target[mask])
+        loss = rec + self.token_loss_weight * token_rec + q.loss + self.keep_weight * keep_loss
         return {
             "loss": loss,
             "rec_loss": rec.detach(),
+            "token_rec_loss": token_rec.detach(),
             "commit_loss": q.loss.detach(),
             "keep_loss": keep_loss.detach(),
             "keep_fraction": fraction.detach(),
@@ -478,7 +519,8 @@ class VisualTokenizer(nn.Module):
         config.update(overrides)
         model = cls(**config)
         missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-        missing = [k for k in missing if not k.startswith("teacher.")]
+        # token_head is a training loss term only (encode/decode never use it): older checkpoints without it still load
+        missing = [k for k in missing if not k.startswith(("teacher.", "token_head."))]
         if missing or unexpected:
             raise MissingArtifactError(
                 f"visual tokenizer weights in '{directory}' do not match its config: missing {missing[:5]}, "
