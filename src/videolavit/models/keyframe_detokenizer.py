@@ -49,7 +49,7 @@ def load_vae(path: str | Path) -> nn.Module:
         raise ConfigError(f"{folder}/config.json names a {name}; the detokenizers load one of {VAE_CLASSES}")
     import diffusers
 
-    vae = getattr(diffusers, name).from_pretrained(folder)
+    vae = getattr(diffusers, name).from_pretrained(folder, **loading_kwargs())
     vae.requires_grad_(False).eval()
     return vae
 
@@ -69,7 +69,15 @@ def _load_unet2d(path: str | Path) -> nn.Module:
         raise MissingArtifactError(
             f"no diffusers U-Net at {path}: expected {path}/config.json or {path}/unet/config.json"
         )
-    return UNet2DConditionModel.from_pretrained(folder, variant=weights_variant(folder))
+    return UNet2DConditionModel.from_pretrained(folder, variant=weights_variant(folder), **loading_kwargs())
+
+
+def loading_kwargs() -> dict:
+    """diffusers ``from_pretrained`` options: low-memory loading only when ``accelerate`` is installed (saying so
+    explicitly keeps diffusers from printing its install hint on every load)."""
+    import importlib.util
+
+    return {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
 
 
 def weights_variant(folder: Path) -> str | None:

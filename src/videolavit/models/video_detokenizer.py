@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from videolavit.errors import ConfigError, MissingArtifactError
-from videolavit.models.keyframe_detokenizer import load_vae, vae_downsampling, weights_variant
+from videolavit.models.keyframe_detokenizer import load_vae, loading_kwargs, vae_downsampling, weights_variant
 from videolavit.models.motion_condition import MotionConditionEncoder
 
 TINY_UNET = {
@@ -360,7 +360,7 @@ class VideoDetokenizer(nn.Module):
         config = json.loads((directory / "config.json").read_text())
         config.pop("_class_name", None)
         has_vae = config.pop("vae", False)
-        unet = UNetSpatioTemporalConditionModel.from_pretrained(directory / "unet")
+        unet = UNetSpatioTemporalConditionModel.from_pretrained(directory / "unet", **loading_kwargs())
         vae = load_vae(directory / "vae") if has_vae else None
         model = cls(**config, unet_model=unet, vae=vae)
         model.motion_encoder.load_state_dict(load_file(directory / "motion_encoder.safetensors"))
@@ -385,7 +385,9 @@ class VideoDetokenizer(nn.Module):
             raise ValueError(
                 "the video detokenizer is on the meta device; build it on a real device before loading SVD weights"
             )
-        source = UNetSpatioTemporalConditionModel.from_pretrained(folder, variant=weights_variant(folder)).state_dict()
+        source = UNetSpatioTemporalConditionModel.from_pretrained(
+            folder, variant=weights_variant(folder), **loading_kwargs()
+        ).state_dict()
         own = self.unet.state_dict()
         unknown = sorted(set(source) - set(own))
         if unknown:
