@@ -29,15 +29,6 @@ SDXL_UNET = {  # LaVIT's high-res keyframe decoder is an SDXL-shaped UNet2DCondi
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run many small ops; on the shared 2-core CPU a second torch thread made these tests ~10× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _svd_vae():
     """SVD's AutoencoderKLTemporalDecoder layout (4 latent channels, ×8 down-sampling)."""
     from diffusers import AutoencoderKLTemporalDecoder

@@ -15,15 +15,6 @@ from videolavit.models.video_detokenizer import VideoDetokenizer
 T = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run many small ops; on the shared 2-core CPU a second torch thread made these tests ~10× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def detokenizers():
     """Untrained but seeded tiny detokenizers: whatever makes seams close must be the noise constraint."""

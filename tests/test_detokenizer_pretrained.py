@@ -12,15 +12,6 @@ from videolavit.models.video_detokenizer import TINY_UNET, VideoDetokenizer
 MOTION_ENCODER = {"grid": [4, 4], "depth": 1}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run many small ops; on the shared 2-core CPU a second torch thread made these tests ~10× slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _tiny_vae_kl():
     from diffusers import AutoencoderKL
 

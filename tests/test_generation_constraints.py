@@ -23,14 +23,6 @@ PROMPT = [1, 10, 11, 12, 13]  # bos + a caption
 EOS = 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def lm():
     torch.manual_seed(0)

@@ -25,15 +25,6 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "in
 LLAMA2_7B_PARAMS = 6_738_415_616  # published count of Llama-2-7B with its 32000-id vocabulary
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny models: one thread avoids OpenMP barrier stalls on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _save_tiny_llama(path, text_size: int, tie: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
 

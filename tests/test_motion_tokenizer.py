@@ -17,15 +17,6 @@ SMALL = dict(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: thread hand-offs cost more than they save, badly so on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_model(**overrides) -> MotionTokenizer:
     torch.manual_seed(0)
     return MotionTokenizer(**{**SMALL, **overrides})

@@ -37,14 +37,6 @@ def write_clips(clips_dir: Path, counts=(("train", 48), ("val", 12)), seed: int 
                 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 SHORT = (
     "motion_tokenizer.train.max_steps=6",
     "motion_tokenizer.train.batch_size=4",

@@ -27,14 +27,6 @@ VIDEOS = {"train": ["v0", "v1", "v_rejected", "v_lost"], "val": ["w0"], "test": 
 IMAGES = {"train": ["img0", "img1"], "val": ["img2"], "test": []}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def clip_arrays(video: str, clip: int) -> dict[str, np.ndarray]:
     """Distinct, reproducible content per clip: a keyframe, its motion and its frames."""
     rng = np.random.default_rng([ord(c) for c in video] + [clip])

@@ -43,15 +43,6 @@ def train(model: VisualTokenizer, steps: int, batch: int = 8, lr: float = 2e-3) 
     return model.eval()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models gain nothing from intra-op threads; on a shared 2-core machine two threads ran 4× slower (measured)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def trained():
     torch.manual_seed(0)

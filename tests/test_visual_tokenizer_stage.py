@@ -29,14 +29,6 @@ SMALL = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors on a shared 2-core machine: one thread was ~4× faster
-    yield
-    torch.set_num_threads(threads)
-
-
 def blocks(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     """uint8 [h, w, 3]: a plain background with one colored rectangle."""
     image = np.broadcast_to(rng.integers(0, 256, 3, dtype=np.uint8), (h, w, 3)).copy()
