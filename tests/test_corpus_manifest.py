@@ -68,7 +68,7 @@ def test_malformed_manifest_line_names_file_and_line(tmp_path, line, message):
     (tmp_path / "val.jsonl").write_text(good + "\n\n" + line + "\n")
     with pytest.raises(CorpusError) as err:
         read_manifest(tmp_path, "val")
-    assert f"val.jsonl:3" in str(err.value)
+    assert "val.jsonl:3" in str(err.value)
     assert message in str(err.value)
 
 

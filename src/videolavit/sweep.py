@@ -9,12 +9,11 @@ several processes or machines work on one study: each runs ``videolavit sweep ..
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import yaml
 from omegaconf import DictConfig

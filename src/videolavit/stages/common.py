@@ -1,4 +1,5 @@
-"""What every stage shares: the entry decorator (MLflow run + metrics file), seeding, and the Lightning trainer."""
+"""What every stage shares: the entry decorator (MLflow run + metrics file), seeding, the Lightning trainer, the
+AdamW + cosine recipe and exact resume of the global RNG (Lightning callbacks: ``stages/callbacks.py``)."""
 
 from __future__ import annotations
 
@@ -190,3 +191,56 @@ def cosine_with_warmup(optimizer, warmup_steps: int, total_steps: int, min_ratio
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def decay_groups(named_parameters, weight_decay: float, no_decay: tuple[str, ...] = (), **extra: Any) -> list[dict]:
+    """AdamW parameter groups: matrices decay; 1-D parameters and names ending in ``no_decay`` (position tables,
+    learned queries) do not. ``extra`` (e.g. ``lr``) goes into both groups."""
+    decay, rest = [], []
+    for name, param in named_parameters:
+        (decay if param.ndim >= 2 and not name.endswith(tuple(no_decay)) else rest).append(param)
+    return [
+        {"params": decay, "weight_decay": float(weight_decay), **extra},
+        {"params": rest, "weight_decay": 0.0, **extra},
+    ]
+
+
+def adamw_with_cosine(groups: list[dict], optim: Any, max_steps: int) -> dict:
+    """Lightning's ``configure_optimizers`` answer: AdamW over ``groups`` at ``optim``'s lr, betas and eps, stepped per
+    batch by :func:`cosine_with_warmup` (``warmup_steps``; ``min_lr_ratio`` where the section has one)."""
+    import torch
+
+    optimizer = torch.optim.AdamW(
+        groups, lr=float(optim["lr"]), betas=tuple(float(b) for b in optim["betas"]), eps=float(optim["eps"])
+    )
+    min_ratio = float(optim.get("min_lr_ratio") or 0.0)
+    scheduler = cosine_with_warmup(optimizer, int(optim["warmup_steps"]), int(max_steps), min_ratio)
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+class ResumableRNG:
+    """LightningModule mixin: checkpoints carry the global torch RNG (and CUDA's), restored before the first batch
+    after a resume, so that noise, dropout and dead-code restarts draw what an uninterrupted run would have drawn.
+    List it before ``L.LightningModule``; an override of ``on_save_checkpoint`` calls ``super()``."""
+
+    _rng_to_restore: Optional[dict] = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        import torch
+
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        import torch
+
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            self._rng_to_restore = None
+

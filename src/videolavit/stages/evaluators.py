@@ -26,7 +26,14 @@ from videolavit.data.shards import iter_clip_records
 from videolavit.errors import ConfigError, MissingArtifactError
 from videolavit.metrics.frechet import FrechetVideoDistance
 from videolavit.models.evaluators import IGNORE_LABEL, CorpusCLIP, CorpusEvaluators, VideoAttributeClassifier, WordTokenizer
-from videolavit.stages.common import cosine_with_warmup, make_trainer, require_path, resume_checkpoint, stage_entry
+from videolavit.stages.common import (
+    adamw_with_cosine,
+    decay_groups,
+    make_trainer,
+    require_path,
+    resume_checkpoint,
+    stage_entry,
+)
 
 STAGE = "evaluators"
 
@@ -236,14 +243,8 @@ class EvaluatorsModule(L.LightningModule):
             self.log_dict(metrics)
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "text_pos" not in n]
-        no_decay = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "text_pos" not in n)]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": float(self.optim["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=float(self.optim["lr"]), betas=tuple(float(b) for b in self.optim["betas"]), eps=float(self.optim["eps"]),
-        )  # fmt: skip
-        scheduler = cosine_with_warmup(optimizer, int(self.optim["warmup_steps"]), self.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        groups = decay_groups(self.named_parameters(), self.optim["weight_decay"], no_decay=("text_pos",))
+        return adamw_with_cosine(groups, self.optim, self.max_steps)
 
 
 def evaluate(module: EvaluatorsModule, loader, prefix: str = "val") -> dict[str, float]:

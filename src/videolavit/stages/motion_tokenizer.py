@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -22,7 +21,16 @@ from videolavit.errors import ConfigError
 from videolavit.metrics.motion import MotionEPE
 from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.quantizer import code_statistics
-from videolavit.stages.common import cosine_with_warmup, make_trainer, resume_checkpoint, seed_everything, stage_entry
+from videolavit.stages.callbacks import SampleThroughput
+from videolavit.stages.common import (
+    ResumableRNG,
+    adamw_with_cosine,
+    decay_groups,
+    make_trainer,
+    resume_checkpoint,
+    seed_everything,
+    stage_entry,
+)
 from videolavit.video.motion import denormalize_motion
 
 STAGE = "motion_tokenizer"
@@ -76,8 +84,9 @@ class MotionEvaluation:
         }
 
 
-class MotionTokenizerModule(L.LightningModule):
-    """Reconstruction (``loss``: MSE, EPE or both) + commitment loss; AdamW, cosine warm-up; exact resume with RNG state."""
+class MotionTokenizerModule(ResumableRNG, L.LightningModule):
+    """Reconstruction (``loss``: MSE, EPE or both) + commitment loss; AdamW, cosine warm-up; exact resume with the RNG
+    state (dead-code restarts draw from it)."""
 
     def __init__(
         self,
@@ -98,7 +107,6 @@ class MotionTokenizerModule(L.LightningModule):
         self.evaluation: Optional[MotionEvaluation] = None
         self.sample: Optional[tuple[torch.Tensor, torch.Tensor]] = None
         self.last_train_loss = float("nan")
-        self._rng_to_restore: Optional[dict] = None
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         motion = batch["motion"]  # [B, 2, T, h, w]
@@ -130,48 +138,8 @@ class MotionTokenizerModule(L.LightningModule):
             tracking.active().log_artifact(path, "samples")
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2 and not n.endswith("_pos")]
-        no_decay = [p for n, p in self.model.named_parameters() if not (p.ndim >= 2 and not n.endswith("_pos"))]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": float(self.optim["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=float(self.optim["lr"]), betas=tuple(float(b) for b in self.optim["betas"]), eps=float(self.optim["eps"]),
-        )  # fmt: skip
-        scheduler = cosine_with_warmup(optimizer, int(self.optim["warmup_steps"]), self.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    # Dead-code restarts draw from the global RNG, so a resumed run restores it before its first batch.
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_to_restore = checkpoint.get("rng_state")
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
-            self._rng_to_restore = None
-
-
-class Throughput(L.Callback):
-    """Training clips per second over the steps this process ran (printed and reported at the end)."""
-
-    def __init__(self):
-        self.clips, self.seconds, self._started = 0, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._started = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.seconds += time.perf_counter() - self._started
-        self.clips += len(batch["key"])
-
-    @property
-    def clips_per_second(self) -> float:
-        return self.clips / self.seconds if self.seconds else float("nan")
+        groups = decay_groups(self.model.named_parameters(), self.optim["weight_decay"], no_decay=("_pos",))
+        return adamw_with_cosine(groups, self.optim, self.max_steps)
 
 
 def save_motion_figure(path: Path, motion: torch.Tensor, reconstruction: torch.Tensor, video_cfg: Any) -> Path:
@@ -246,7 +214,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         model_kwargs, section_kwargs(stage_cfg.optim), int(train_cfg.max_steps), cfg.video, str(runs_dir / "samples"),
         loss=str(stage_cfg.loss),
     )
-    throughput = Throughput()
+    throughput = SampleThroughput()
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=[throughput, *(callbacks or [])])
     ckpt_path = resume_checkpoint(cfg, STAGE, train_cfg.resume)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -262,11 +230,11 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
             "tokens_per_clip": float(model.tokens_per_clip),
             "global_step": float(trainer.global_step),
             "train/loss": module.last_train_loss,
-            "train/clips_per_second": throughput.clips_per_second,
+            "train/clips_per_second": throughput.per_second,
         }
     )
     print(
-        f"motion_tokenizer: step {trainer.global_step}, {throughput.clips_per_second:.1f} clips/s, "
+        f"motion_tokenizer: step {trainer.global_step}, {throughput.per_second:.1f} clips/s, "
         f"val/epe {metrics.get('val/epe', float('nan')):.4f} px/frame "
         f"(zero motion {metrics.get('val/epe_zero_baseline', float('nan')):.4f}), "
         f"codebook usage {metrics.get('val/codebook_usage', float('nan')):.2f} → {out_dir}"

@@ -9,9 +9,8 @@ so ``val/tokens_per_image`` is the count the tokenize stage will produce.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import lightning as L
 import torch
@@ -23,7 +22,16 @@ from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ImageDataModule
 from videolavit.models.quantizer import code_statistics
 from videolavit.models.visual_tokenizer import CLIP_MEAN, CLIP_STD, VisualTokenizer, count_parameters, preprocess_images
-from videolavit.stages.common import cosine_with_warmup, make_trainer, resume_checkpoint, seed_everything, stage_entry
+from videolavit.stages.callbacks import SampleThroughput
+from videolavit.stages.common import (
+    ResumableRNG,
+    adamw_with_cosine,
+    decay_groups,
+    make_trainer,
+    resume_checkpoint,
+    seed_everything,
+    stage_entry,
+)
 
 STAGE = "visual_tokenizer"
 NO_DECAY = ("pos_embed", "token_pos", "queries")  # position tables and learned queries are not weight-decayed
@@ -81,7 +89,7 @@ class VisualEvaluation:
         }
 
 
-class VisualTokenizerModule(L.LightningModule):
+class VisualTokenizerModule(ResumableRNG, L.LightningModule):
     """Reconstruction + commitment + keep-ratio loss (the model's); AdamW with cosine warm-up; exact resume."""
 
     def __init__(self, model_kwargs: dict, optim: dict, max_steps: int, samples_dir: Optional[str] = None, sample_images: int = 6):
@@ -95,7 +103,6 @@ class VisualTokenizerModule(L.LightningModule):
         self.evaluation: Optional[VisualEvaluation] = None
         self.sample: Optional[dict] = None
         self.last_train_loss = float("nan")
-        self._rng_to_restore: Optional[dict] = None
 
     def _pixels(self, batch: dict) -> torch.Tensor:
         # preprocess keeps its constants on the host; the uint8 batch is small, so normalize there
@@ -134,51 +141,14 @@ class VisualTokenizerModule(L.LightningModule):
 
     def configure_optimizers(self):
         named = [(n, p) for n, p in self.model.named_parameters() if not n.startswith("teacher.")]
-        decay = [p for n, p in named if p.ndim >= 2 and not n.endswith(NO_DECAY)]
-        no_decay = [p for n, p in named if not (p.ndim >= 2 and not n.endswith(NO_DECAY))]
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": float(self.optim["weight_decay"])}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=float(self.optim["lr"]), betas=tuple(float(b) for b in self.optim["betas"]), eps=float(self.optim["eps"]),
-        )  # fmt: skip
-        scheduler = cosine_with_warmup(optimizer, int(self.optim["warmup_steps"]), self.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_with_cosine(decay_groups(named, self.optim["weight_decay"], NO_DECAY), self.optim, self.max_steps)
 
-    # Gumbel sampling and dead-code restarts draw from the global RNG: a resumed run restores it before its first batch.
+    # Gumbel sampling and dead-code restarts draw from the global RNG: ResumableRNG restores it on resume.
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("state_dict", {})
-        for key in [k for k in state if k.startswith("model.teacher.")]:
+        for key in [k for k in state if k.startswith("model.teacher.")]:  # frozen, loaded from its own path
             del state[key]
-        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_to_restore = checkpoint.get("rng_state")
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
-            self._rng_to_restore = None
-
-
-class Throughput(L.Callback):
-    """Training images per second over the steps this process ran."""
-
-    def __init__(self):
-        self.images, self.seconds, self._started = 0, 0.0, 0.0
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
-        self._started = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.seconds += time.perf_counter() - self._started
-        self.images += len(batch["key"])
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.seconds if self.seconds else float("nan")
+        super().on_save_checkpoint(checkpoint)
 
 
 def _sample(pixels: torch.Tensor, out: dict, count: int) -> dict:
@@ -270,7 +240,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     module = VisualTokenizerModule(
         kwargs, section_kwargs(stage_cfg.optim), int(train_cfg.max_steps), str(runs_dir / "samples"), int(stage_cfg.sample_images)
     )
-    throughput = Throughput()
+    throughput = SampleThroughput()
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=[throughput, *(callbacks or [])])
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, STAGE, train_cfg.resume))
 
@@ -283,14 +253,14 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         {
             "global_step": float(trainer.global_step),
             "train/loss": module.last_train_loss,
-            "train/images_per_second": throughput.images_per_second,
+            "train/images_per_second": throughput.per_second,
             "num_patches": float(model.num_patches),
             "parameters_trainable": float(sum(p.numel() for p in model.trainable_parameters())),
             "parameters_teacher": float(count_parameters(model.teacher)),
         }
     )
     print(
-        f"visual_tokenizer: step {trainer.global_step}, {throughput.images_per_second:.1f} images/s, "
+        f"visual_tokenizer: step {trainer.global_step}, {throughput.per_second:.1f} images/s, "
         f"val/rec_loss {metrics.get('val/rec_loss', float('nan')):.4f} (mean baseline "
         f"{metrics.get('val/rec_loss_mean_color_baseline', metrics.get('val/rec_loss_mean_feature_baseline', float('nan'))):.4f}, "
         f"random codes {metrics.get('val/rec_loss_random_codes', float('nan')):.4f}), "
