@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from videolavit.errors import ConfigError
 from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
 from videolavit.models.video_detokenizer import (
     PAPER_MOTION_ENCODER,
     PAPER_UNET,
     VideoDetokenizer,
     spatiotemporal_unet_forward,
+    warp_along_motion,
 )
 
 SDXL_UNET = {  # LaVIT's high-res keyframe decoder is an SDXL-shaped UNet2DConditionModel (paper.md §5)
@@ -198,3 +200,45 @@ def test_keyframe_skip_starts_from_the_static_clip_and_learns_the_change():
     losses = [m.training_loss(static, keyframe, motion, generator=torch.Generator().manual_seed(0)) for m in (model, plain)]
     assert losses[0].item() < 0.25 * losses[1].item()
     assert model.config["keyframe_skip"] and not plain.config["keyframe_skip"]
+
+
+def _square(height: int, width: int, top: int, left: int, size: int = 4) -> torch.Tensor:
+    image = -torch.ones(1, 3, height, width)
+    image[..., top : top + size, left : left + size] = 1.0
+    return image
+
+
+def test_warp_along_motion_moves_content_by_the_field():
+    keyframe = _square(16, 24, top=6, left=4)
+    # 1 px/frame to the right and 0.5 px/frame down at this size, in normalized units (std 0.5, rescale 2)
+    std, rescale = (0.5, 0.5), 2.0
+    motion = torch.zeros(1, 2, 5, 4, 6)
+    motion[:, 0] = (1 / 24) / std[0] * rescale
+    motion[:, 1] = (0.5 / 16) / std[1] * rescale
+    frames = warp_along_motion(keyframe, motion, std, rescale)  # [1, 5, 3, 16, 24]
+    assert frames.shape == (1, 5, 3, 16, 24)
+    torch.testing.assert_close(frames[:, 0], keyframe)
+    for t in (2, 4):  # whole-pixel shifts: exactly the square moved by (t, t/2)
+        torch.testing.assert_close(frames[:, t], _square(16, 24, top=6 + t // 2, left=4 + t), atol=1e-5, rtol=0)
+    still = warp_along_motion(keyframe, torch.zeros_like(motion), std, rescale)
+    torch.testing.assert_close(still, keyframe[:, None].expand_as(still))
+    with pytest.raises(ValueError, match="motion must be"):
+        warp_along_motion(keyframe, motion[:, :1], std, rescale)
+
+
+def test_motion_warp_starts_from_the_motion_compensated_clip(tmp_path):
+    torch.manual_seed(0)
+    kwargs = {"frames": 4, "height": 8, "width": 8, "motion_encoder": {"grid": [4, 4], "depth": 1}}
+    units = {"motion_std": [0.1, 0.1], "motion_rescale": 10.0}
+    model = VideoDetokenizer(**kwargs, keyframe_skip=True, motion_warp=True, **units, cond_dropout=0.0).eval()
+    keyframe, motion = torch.rand(2, 3, 8, 8) * 2 - 1, torch.randn(2, 2, 4, 4, 4) * 10  # ~1 px/frame
+    warped = warp_along_motion(keyframe, motion, **units)
+    static = keyframe[:, None].expand_as(warped)
+    assert (warped - static).abs().mean() > 0.1  # the field moves the content
+    out = model.sample(keyframe, motion, steps=2, max_guidance=1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, warped.clamp(-1, 1), atol=0.05, rtol=0)  # a fresh model renders the warp
+    model.save_pretrained(tmp_path / "video")
+    loaded = VideoDetokenizer.from_pretrained(tmp_path / "video")
+    assert loaded.config["motion_warp"] and loaded.config["motion_std"] == [0.1, 0.1]
+    with pytest.raises(ConfigError, match="needs keyframe_skip"):
+        VideoDetokenizer(**kwargs, motion_warp=True)

@@ -450,7 +450,8 @@ class VideoDetokenizerConfig:
     motion_bucket_id: int = 127
     cond_dropout: float = 0.1
     decode_chunk_size: int = 8
-    keyframe_skip: bool = False  # diffuse the clip minus its keyframe (needs the model's keyframe_skip option)
+    keyframe_skip: bool = False  # diffuse the clip minus its keyframe
+    motion_warp: bool = False  # with keyframe_skip: minus the keyframe carried along the motion field instead
 
 
 @dataclass

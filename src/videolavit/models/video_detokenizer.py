@@ -18,7 +18,10 @@ Training: ln σ ~ N(p_mean, p_std²) = N(1.0, 1.2²), loss = λ(σ)·‖D(x0 + �
 With ``keyframe_skip`` the diffusion runs on the clip minus its keyframe (both in diffusion space; the keyframe is
 added back after sampling) and a fresh U-Net's ``conv_out`` is zeroed: an untrained model renders the static clip and
 training only has to learn how the frames move away from the keyframe (the tiny CPU recipe; the paper's SVD-initialised
-U-Net predicts whole frames, so the option is off by default).
+U-Net predicts whole frames, so the option is off by default). With ``motion_warp`` as well, the base is the keyframe
+carried along the motion field frame after frame (:func:`warp_along_motion`: the codec's own motion-compensated
+prediction without its residuals), so the U-Net learns only what motion compensation misses: on the tiny synthetic
+val clips (30) that base alone scores 24.4 dB PSNR against 21.0 dB for the repeated keyframe.
 Sampling: Euler over Karras σs; classifier-free guidance rising linearly per frame from 1 to `max_guidance`, the
 negative being zero motion features, zero motion channels and zero keyframe channels (the official negative); the same
 three are dropped together with probability `cond_dropout` in training.
@@ -96,6 +99,40 @@ def spatiotemporal_unet_forward(unet, sample, c_noise, context, added_time_ids):
     return h.reshape(B, T, *h.shape[1:])
 
 
+def warp_along_motion(
+    keyframe: torch.Tensor, motion: torch.Tensor, motion_std, motion_rescale: float
+) -> torch.Tensor:
+    """The keyframe [B, C, H, W] carried along normalized motion [B, 2, T, h, w] → frames [B, T, C, H, W].
+
+    Frame 0 is the keyframe; frame t is frame t−1 backward-warped by frame t's field, which holds, at each block of
+    frame t, how far its content moved since frame t−1 (x, y): frame_t(p) = frame_{t−1}(p − m_t(p)), as a decoder
+    predicts a P-frame. The displacements are composed first, D_t(p) = D_{t−1}(p − m_t(p)) + m_t(p), and each frame is
+    sampled once from the keyframe (bilinear), so sub-pixel motion does not blur the content frame after frame. The
+    field is bilinearly resized to the frames; its units are the tokenizer input's (x/W, y/H ÷ ``motion_std`` ×
+    ``motion_rescale``, see ``video.motion.normalize_motion``), i.e. free of resolution.
+    """
+    B, C, H, W = keyframe.shape
+    if motion.ndim != 5 or motion.shape[:2] != (B, 2):
+        raise ValueError(f"motion must be [{B}, 2, T, h, w], got {tuple(motion.shape)}")
+    T = motion.shape[2]
+    # normalized motion → displacement in grid_sample coordinates ([-1, 1] spans the frame: 2 units per width)
+    scale = motion.new_tensor([2 * float(motion_std[0]), 2 * float(motion_std[1])]) / float(motion_rescale)
+    ys = (torch.arange(H, device=keyframe.device, dtype=keyframe.dtype) * 2 + 1) / H - 1  # pixel centres
+    xs = (torch.arange(W, device=keyframe.device, dtype=keyframe.dtype) * 2 + 1) / W - 1
+    identity = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)[None]  # [1, H, W, 2] as (x, y)
+    field = motion.transpose(1, 2).flatten(0, 1).to(keyframe.dtype) * scale.reshape(1, 2, 1, 1)  # [B·T, 2, h, w]
+    if tuple(field.shape[-2:]) != (H, W):
+        field = F.interpolate(field, size=(H, W), mode="bilinear", align_corners=False)
+    field = field.reshape(B, T, 2, H, W)
+    frames, total = [keyframe], torch.zeros_like(field[:, 0])  # total: D_t [B, 2, H, W]
+    sample = dict(mode="bilinear", padding_mode="border", align_corners=False)
+    for t in range(1, T):
+        step = field[:, t]
+        total = F.grid_sample(total, identity - step.permute(0, 2, 3, 1), **sample) + step
+        frames.append(F.grid_sample(keyframe, identity - total.permute(0, 2, 3, 1), **sample))
+    return torch.stack(frames, dim=1)
+
+
 def karras_sigmas(steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
     """EDM sampling noise levels, descending, with a final 0: [steps + 1]."""
     ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
@@ -125,6 +162,9 @@ class VideoDetokenizer(nn.Module):
         cond_dropout: float = 0.1,
         decode_chunk_size: int = 8,
         keyframe_skip: bool = False,
+        motion_warp: bool = False,
+        motion_std: tuple[float, float] | list[float] = (1.0, 1.0),
+        motion_rescale: float = 1.0,
         *,
         unet_model: nn.Module | None = None,
         vae: nn.Module | None = None,
@@ -139,7 +179,11 @@ class VideoDetokenizer(nn.Module):
             "sigma_min": float(sigma_min), "sigma_max": float(sigma_max), "noise_aug": float(noise_aug),
             "fps": int(fps), "motion_bucket_id": int(motion_bucket_id), "cond_dropout": float(cond_dropout),
             "decode_chunk_size": int(decode_chunk_size), "keyframe_skip": bool(keyframe_skip),
+            "motion_warp": bool(motion_warp), "motion_std": [float(s) for s in motion_std],
+            "motion_rescale": float(motion_rescale),
         }  # fmt: skip
+        if motion_warp and not keyframe_skip:
+            raise ConfigError("motion_warp sets the base that keyframe_skip diffuses around: it needs keyframe_skip")
         self.vae = vae if vae is not None else (load_vae(vae_dir) if vae_dir else None)
         if self.vae is not None:
             channels, factor = self.vae.config.latent_channels, vae_downsampling(self.vae)
@@ -240,11 +284,16 @@ class VideoDetokenizer(nn.Module):
         added_time_ids = torch.tensor([ids], dtype=keyframe_in.dtype, device=keyframe.device).expand(B, 3)
         return {"keyframe": keyframe_in, "motion": motion_in, "context": context, "added_time_ids": added_time_ids}
 
-    def skip_base(self, keyframe: torch.Tensor, frames: int) -> torch.Tensor | None:
-        """With ``keyframe_skip``: the clean keyframe in diffusion space repeated over time [B, T, C, h, w], which the
-        diffusion variable is taken relative to (x = clip − base); None otherwise."""
+    def skip_base(self, keyframe: torch.Tensor, motion: torch.Tensor) -> torch.Tensor | None:
+        """With ``keyframe_skip``: what the diffusion variable is taken relative to (x = clip − base), in diffusion
+        space [B, T, C, h, w]: the clean keyframe repeated over the T frames of ``motion``, or with ``motion_warp``
+        the keyframe carried along the motion (:func:`warp_along_motion`); None without ``keyframe_skip``."""
         if not self.config["keyframe_skip"]:
             return None
+        frames = motion.shape[2]
+        if self.config["motion_warp"]:
+            warped = warp_along_motion(keyframe, motion, self.config["motion_std"], self.config["motion_rescale"])
+            return self.encode_frames(warped)
         base = self.encode_frames(keyframe[:, None])  # [B, 1, C, h, w]
         return base.expand(base.shape[0], frames, *base.shape[2:])
 
@@ -268,7 +317,7 @@ class VideoDetokenizer(nn.Module):
         B, T = frames.shape[:2]
         cond = self.conditions(keyframe, motion, T, generator)
         x0 = self.encode_frames(frames, generator)  # [B, T, C, h, w]
-        base = self.skip_base(keyframe, T)
+        base = self.skip_base(keyframe, motion)
         if base is not None:
             x0 = x0 - base  # the clip's change from its keyframe
         device = x0.device
@@ -310,7 +359,7 @@ class VideoDetokenizer(nn.Module):
         """Frames [B, T, 3, H, W] in [-1, 1] from a keyframe and a (true or reconstructed) motion field of T frames."""
         B, T = keyframe.shape[0], motion.shape[2]
         cond = self.conditions(keyframe, motion, T, generator)
-        base = self.skip_base(keyframe, T)
+        base = self.skip_base(keyframe, motion)
         shape = (B, T, self.channels, *self.latent_size)
         if init_noise is None:
             init_noise = torch.randn(shape, generator=generator, device=keyframe.device)

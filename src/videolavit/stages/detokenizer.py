@@ -12,7 +12,9 @@ nothing, so one step on a batch of clips is one step of each. Resume after a kil
 After training, metrics on the first ``eval.clips`` held-out clips (``eval.split``), sampled with the ``eval`` settings:
 ``val/keyframe_psnr`` / ``val/keyframe_ssim`` (g_I samples against the true keyframe), ``val/video_psnr`` /
 ``val/video_ssim`` (g_V from the TRUE keyframe and the motion TOKENS, i.e. the tokenizer's reconstruction),
-``val/video_psnr_true_motion`` (from the true field) and ``val/video_psnr_static_baseline`` (the keyframe repeated).
+``val/video_psnr_true_motion`` (from the true field), ``val/video_psnr_static_baseline`` (the keyframe repeated) and,
+for a ``motion_warp`` model, ``val/video_psnr_warp_baseline`` (the keyframe carried along the true field: what the U-Net
+refines, so the gap to ``_true_motion`` is what the diffusion adds).
 Video metrics score frames 1…T−1 (frame 0 is the given keyframe: the static baseline would score it as infinite).
 All at the detokenizer's resolution. Samples go to MLflow as a GIF and an MP4 (rows: truth, static, motion tokens,
 true motion).
@@ -20,7 +22,6 @@ true motion).
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import time
 from pathlib import Path
@@ -39,9 +40,18 @@ from videolavit.data.shards import iter_clip_records
 from videolavit.errors import ConfigError, MissingArtifactError
 from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
 from videolavit.models.motion_tokenizer import MotionTokenizer
-from videolavit.models.video_detokenizer import VideoDetokenizer
+from videolavit.models.video_detokenizer import VideoDetokenizer, warp_along_motion
 from videolavit.models.visual_tokenizer import VisualTokenizer
-from videolavit.stages.common import cosine_with_warmup, make_trainer, require_path, resume_checkpoint, seed_everything, stage_entry
+from videolavit.stages.common import (
+    ResumableRNG,
+    adamw_with_cosine,
+    decay_groups,
+    make_trainer,
+    require_path,
+    resume_checkpoint,
+    seed_everything,
+    stage_entry,
+)
 
 STAGE = "detokenizer"
 MODELS = ("keyframe", "video")
@@ -88,13 +98,14 @@ def video_kwargs(cfg: DictConfig) -> dict:
         unet=_unet(v.unet),
         motion_encoder=section_kwargs(v.motion_encoder),
     )
-    if v.keyframe_skip:  # passed only when on, so a model without the option still builds by default
-        if "keyframe_skip" not in inspect.signature(VideoDetokenizer).parameters:
-            raise ConfigError(
-                "detokenizer.video.keyframe_skip=true needs the keyframe_skip option of "
-                "models/video_detokenizer.py, which this build lacks"
-            )
+    if v.keyframe_skip:
         kwargs["keyframe_skip"] = True
+    if v.motion_warp:  # the warp reads normalized motion: it needs the units the clips were normalized with
+        kwargs.update(
+            motion_warp=True,
+            motion_std=[float(x) for x in cfg.video.motion_std],
+            motion_rescale=float(cfg.video.motion_rescale),
+        )
     return kwargs
 
 
@@ -188,8 +199,9 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 # Training
 
 
-class DetokenizerModule(L.LightningModule):
-    """Both detokenizers: the sum of their diffusion losses, AdamW (a group per model) with cosine warm-up."""
+class DetokenizerModule(ResumableRNG, L.LightningModule):
+    """Both detokenizers: the sum of their diffusion losses, AdamW (a group per model) with cosine warm-up. Noise
+    levels, noise and condition dropout draw from the global RNG, which ResumableRNG restores on resume."""
 
     def __init__(
         self,
@@ -210,7 +222,6 @@ class DetokenizerModule(L.LightningModule):
         self.condition_motion, self.keyframe_lr = condition_motion, keyframe_lr
         self.tokenizers: Optional[FrozenTokenizers] = None
         self.last_losses: dict[str, float] = {}
-        self._rng_to_restore: Optional[dict] = None
 
     def attach(self, tokenizers: FrozenTokenizers) -> "DetokenizerModule":
         self.tokenizers = tokenizers
@@ -273,17 +284,8 @@ class DetokenizerModule(L.LightningModule):
                 continue
             lr = float(self.keyframe_lr or self.optim["lr"]) if name == "keyframe" else float(self.optim["lr"])
             named = [(n, p) for n, p in model.named_parameters() if not n.startswith("vae.") and p.requires_grad]
-            decay = [p for n, p in named if p.ndim >= 2 and not n.endswith(NO_DECAY)]
-            rest = [p for n, p in named if not (p.ndim >= 2 and not n.endswith(NO_DECAY))]
-            groups += [
-                {"params": decay, "lr": lr, "weight_decay": float(self.optim["weight_decay"])},
-                {"params": rest, "lr": lr, "weight_decay": 0.0},
-            ]
-        optimizer = torch.optim.AdamW(
-            groups, betas=tuple(float(b) for b in self.optim["betas"]), eps=float(self.optim["eps"])
-        )
-        scheduler = cosine_with_warmup(optimizer, int(self.optim["warmup_steps"]), self.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+            groups += decay_groups(named, self.optim["weight_decay"], NO_DECAY, lr=lr)
+        return adamw_with_cosine(groups, self.optim, self.max_steps)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         # Two independent models: one global norm would let the larger one's gradients shrink the other's steps.
@@ -292,22 +294,6 @@ class DetokenizerModule(L.LightningModule):
         for model in (self.keyframe, self.video):
             if model is not None:
                 torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), float(gradient_clip_val))
-
-    # Noise levels, noise and condition dropout draw from the global RNG: a resumed run restores it first.
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self._rng_to_restore = checkpoint.get("rng_state")
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
-            self._rng_to_restore = None
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -348,9 +334,13 @@ def evaluate(
     rows: dict[str, list[torch.Tensor]] = {}
     bs = max(1, int(eval_cfg.batch_size))
     kf_psnr, kf_ssim = VideoPSNR(), VideoSSIM()
+    sources = [("tokens", ""), ("true_motion", "_true_motion"), ("static_baseline", "_static_baseline")]
+    warp = video is not None and video.config.get("motion_warp", False)
+    if warp:  # what the U-Net starts from: the keyframe carried along the true motion
+        sources.append(("warp_baseline", "_warp_baseline"))
     video_metrics = {  # metric name → (rendering scored, metric)
         f"video_{kind}{suffix}": (source, VideoPSNR() if kind == "psnr" else VideoSSIM())
-        for source, suffix in (("tokens", ""), ("true_motion", "_true_motion"), ("static_baseline", "_static_baseline"))
+        for source, suffix in sources
         for kind in ("psnr", "ssim")
     }
     for start in range(0, len(records), bs):
@@ -378,6 +368,9 @@ def evaluate(
             motion = torch.from_numpy(np.stack([r["motion"] for r in chunk])).to(device)  # [B, 2, T, h, w]
             real = to_uint8(frames)
             outputs = {"static_baseline": real[:, :1].expand_as(real).contiguous()}
+            if warp:
+                units = (video.config["motion_std"], video.config["motion_rescale"])
+                outputs["warp_baseline"] = to_uint8(warp_along_motion(key, motion, *units))
             for name, field in (("tokens", tokenizers.motion_from_tokens(motion)), ("true_motion", motion)):
                 # the same initial noise for both, so their difference is the motion's alone
                 generator = torch.Generator(device=device).manual_seed(seed + start)
@@ -512,10 +505,12 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     if keyframe is not None:
         line.append(f"val/keyframe_psnr {metrics['val/keyframe_psnr']:.2f} dB")
     if video is not None:
+        warp = "val/video_psnr_warp_baseline" in metrics
         line.append(
             f"val/video_psnr {metrics['val/video_psnr']:.2f} dB from motion tokens "
             f"(true motion {metrics['val/video_psnr_true_motion']:.2f}, "
-            f"static keyframe {metrics['val/video_psnr_static_baseline']:.2f})"
+            f"static keyframe {metrics['val/video_psnr_static_baseline']:.2f}"
+            + (f", warped keyframe {metrics['val/video_psnr_warp_baseline']:.2f})" if warp else ")")
         )
     print(", ".join(line) + f" on {len(records)} '{stage_cfg.eval.split}' clips ({eval_seconds:.0f} s) → {out_dir}")
     return metrics
