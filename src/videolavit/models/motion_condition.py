@@ -5,8 +5,8 @@ of features. As in the official `modeling_motion_condition.py`, the motion field
 grid (16×16 at paper scale), embedded by a Linear, run through spatio-temporal transformer blocks and projected to the
 U-Net's cross-attention width. Output: one feature sequence per frame, [B, T, grid_h·grid_w, out_dim].
 
-`SpatioTemporalBlock` is a local copy of the tokenizer's block (pre-LN spatial attention over [(B·T), H·W, D], temporal
-attention over [(B·H·W), T, D], MLP); it can be deduplicated with `models/motion_tokenizer.py` once that exists.
+The blocks are the tokenizer's own `SpatioTemporalBlock` (pre-LN spatial attention within each frame, temporal attention
+along each position, MLP).
 """
 
 from __future__ import annotations
@@ -15,47 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from videolavit.models.motion_tokenizer import SpatioTemporalBlock
 
-class Attention(nn.Module):
-    """Multi-head self-attention over [B, N, D] (qkv with bias, as the official blocks)."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"attention width {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)  # 3 × [B, h, N, d]
-        out = F.scaled_dot_product_attention(q, k, v)  # [B, h, N, d]
-        return self.proj(out.transpose(1, 2).reshape(B, N, D))
-
-
-class SpatioTemporalBlock(nn.Module):
-    """Pre-LN block: spatial attention within each frame, temporal attention across frames per position, MLP."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
-        super().__init__()
-        self.norm_spatial = nn.LayerNorm(dim, eps=1e-5)
-        self.spatial_attn = Attention(dim, heads)
-        self.norm_temporal = nn.LayerNorm(dim, eps=1e-5)
-        self.temporal_attn = Attention(dim, heads)
-        self.norm_mlp = nn.LayerNorm(dim, eps=1e-5)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` [B, T, N, D] → [B, T, N, D]."""
-        B, T, N, D = x.shape
-        s = x.reshape(B * T, N, D)
-        s = s + self.spatial_attn(self.norm_spatial(s))
-        t = s.reshape(B, T, N, D).transpose(1, 2).reshape(B * N, T, D)
-        t = t + self.temporal_attn(self.norm_temporal(t))
-        t = t + self.mlp(self.norm_mlp(t))
-        return t.reshape(B, N, T, D).transpose(1, 2)
+# Weight names of the encoder's earlier private block (spatial_attn, temporal_attn) → the tokenizer block's names.
+LEGACY_NAMES = {".spatial_attn.": ".spatial_attention.", ".temporal_attn.": ".temporal_attention."}
 
 
 class MotionConditionEncoder(nn.Module):
@@ -100,6 +63,17 @@ class MotionConditionEncoder(nn.Module):
         x = self.in_proj(x) + self.spatial_embedding  # [B, T, N, D]
         if self.temporal_embedding is not None:
             x = x + self.temporal_embedding[:, :T]
+        x = x.reshape(B, T, *self.grid, x.shape[-1])  # [B, T, grid_h, grid_w, D]: the blocks' layout
         for block in self.blocks:
             x = block(x)
-        return self.out_proj(self.norm(x))  # [B, T, N, out_dim]
+        return self.out_proj(self.norm(x.flatten(2, 3)))  # [B, T, N, out_dim]
+
+
+def upgrade_state_dict(state: dict) -> dict:
+    """A saved encoder's weights with the names of its earlier private block renamed to the current ones."""
+    out = {}
+    for name, tensor in state.items():
+        for old, new in LEGACY_NAMES.items():
+            name = name.replace(old, new)
+        out[name] = tensor
+    return out
