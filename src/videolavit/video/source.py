@@ -119,16 +119,17 @@ def iter_resampled(
         if stream.duration and stream.time_base:
             info.declared_duration = float(stream.duration * stream.time_base)
         frame_duration = Fraction(1, 1) / Fraction(rate) if rate else Fraction(1, 25)
+        clock = _Clock(step, stream.time_base)
 
         k = 0
-        start: Optional[Fraction] = None
+        start: Optional[int | Fraction] = None
         planner = _ShownFrames(step, stream.time_base)
         held: Optional[av.VideoFrame] = None
-        held_time = Fraction(0)
+        held_time: int | Fraction = 0
         # max_source_frames caps the span: the first N frames at the declared rate (a time limit under VFR).
-        limit = max_source_frames * frame_duration if max_source_frames is not None else None
+        limit = clock.ticks(max_source_frames * frame_duration) if max_source_frames is not None else None
         for frame in _decode_frames(container, stream, info, planner):
-            time = _frame_time(frame, info.decoded_frames, frame_duration)
+            time = clock.frame_time(frame, info.decoded_frames, frame_duration)
             info.decoded_frames += 1
             if start is None:
                 start, planner.start = time, frame.pts
@@ -138,16 +139,16 @@ def iter_resampled(
                 info.stopped_early = True
                 break
             if held is not None and time > held_time:
-                while k * (1 / step) < time:  # every output instant before this frame shows the held one
+                while clock.instant(k) < time:  # every output instant before this frame shows the held one
                     yield k, held
                     k += 1
             if held is None or time >= held_time:
                 held, held_time = frame, time
         if held is not None:
-            end = held_time + _held_duration(held, frame_duration)
+            end = held_time + clock.held_duration(held, frame_duration)
             end = min(end, limit) if limit is not None else end
-            info.end_time = float(end)
-            while k == 0 or k * (1 / step) < end:
+            info.end_time = clock.seconds(end)
+            while k == 0 or clock.instant(k) < end:
                 yield k, held
                 k += 1
         if not info.fps and info.decoded_frames > 1 and info.end_time > 0:
@@ -253,17 +254,43 @@ def _mp4_without_index(path: Path) -> bool:
         return True
 
 
-def _frame_time(frame: av.VideoFrame, index: int, frame_duration: Fraction) -> Fraction:
-    if frame.pts is not None and frame.time_base:
-        return frame.pts * Fraction(frame.time_base)
-    return index * frame_duration  # no timestamps: assume the declared constant rate
+class _Clock:
+    """Exact times as integer ticks (seconds × the time base's denominator × the output rate's numerator), so that
+    the per-frame work is integer arithmetic rather than ``Fraction`` arithmetic. Times a frame without timestamps
+    needs (its index at the declared rate) stay exact as Fractions of a tick."""
 
+    def __init__(self, step: Fraction, time_base: Optional[Fraction]):
+        self.time_base = Fraction(time_base) if time_base else None
+        base = self.time_base.denominator if self.time_base else 1
+        self.scale = base * step.numerator  # ticks per second
+        self.per_instant = base * step.denominator  # ticks between output instants (1 / fps seconds)
+        self.per_pts = self.time_base.numerator * step.numerator if self.time_base else 0
 
-def _held_duration(frame: av.VideoFrame, default: Fraction) -> Fraction:
-    duration = getattr(frame, "duration", None)
-    if duration and frame.time_base:
-        return duration * Fraction(frame.time_base)
-    return default
+    def ticks(self, seconds: Fraction) -> int | Fraction:
+        return seconds * self.scale
+
+    def seconds(self, ticks: int | Fraction) -> float:
+        return float(Fraction(ticks) / self.scale)
+
+    def instant(self, k: int) -> int:
+        """Output instant k (k / fps seconds after the first frame)."""
+        return k * self.per_instant
+
+    def _pts_ticks(self, value: int, time_base: Optional[Fraction]) -> int | Fraction:
+        if time_base == self.time_base:
+            return value * self.per_pts
+        return self.ticks(value * Fraction(time_base))
+
+    def frame_time(self, frame: av.VideoFrame, index: int, frame_duration: Fraction) -> int | Fraction:
+        if frame.pts is not None and frame.time_base:
+            return self._pts_ticks(frame.pts, frame.time_base)
+        return self.ticks(index * frame_duration)  # no timestamps: assume the declared constant rate
+
+    def held_duration(self, frame: av.VideoFrame, default: Fraction) -> int | Fraction:
+        duration = getattr(frame, "duration", None)
+        if duration and frame.time_base:
+            return self._pts_ticks(duration, frame.time_base)
+        return self.ticks(default)
 
 
 def _reason(exc: BaseException) -> str:
