@@ -97,3 +97,15 @@ def test_max_source_frames_stops_early(long_video):
 def test_video_section_alone_is_accepted(long_video):
     cfg = _tiny()
     assert len(decompose_video(long_video, cfg.video).clips) == len(decompose_video(long_video, cfg).clips)
+
+
+def test_fast_decode_skips_deblocking_and_stays_close_to_the_exact_decode(long_video):
+    exact = decompose_video(long_video, _tiny("video.motion_height=4", "video.motion_width=6"))
+    fast = decompose_video(long_video, _tiny("video.motion_height=4", "video.motion_width=6", "video.fast_decode=true"))
+    assert [c.start_frame for c in fast.clips] == [c.start_frame for c in exact.clips]
+    keyframes = [np.stack([c.keyframe for c in d.clips]).astype(np.float64) for d in (exact, fast)]
+    assert not np.array_equal(*keyframes)  # the option reaches the H.264 decoder: no deblocking
+    mse = ((keyframes[0] - keyframes[1]) ** 2).mean()
+    assert 10 * np.log10(255**2 / mse) > 35  # far below what the MPEG-4 re-encode changes
+    motion = [np.stack([c.motion for c in d.clips]) for d in (exact, fast)]
+    assert np.abs(motion[0] - motion[1]).mean() < 0.05 * np.abs(motion[0]).mean()

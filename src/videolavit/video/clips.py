@@ -145,7 +145,8 @@ class ClipStream:
         resized: tuple[Optional[av.VideoFrame], Optional[av.VideoFrame]] = (None, None)
         scaler = VideoReformatter()  # one swscale context for the whole video (frame.reformat rebuilds it per call)
         frames = iter_resampled(
-            self.path, self.fps, self.source, video.max_source_frames, threads=int(video.threads), opened=self._opened
+            self.path, self.fps, self.source, video.max_source_frames, threads=int(video.threads), opened=self._opened,
+            fast=bool(video.fast_decode),
         )
         self._opened = None
         try:

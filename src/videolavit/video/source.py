@@ -24,6 +24,8 @@ DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 MAX_CONSECUTIVE_BAD_PACKETS = 32
 # Packets demuxed ahead of the decoder; more than any codec's reordering depth (H.264 allows 16).
 LOOKAHEAD = 18
+# video.fast_decode: FFmpeg decoder options (AVDiscard "all": no deblocking; flags2 "fast": non-bit-exact shortcuts).
+FAST_DECODE = {"skip_loop_filter": "all", "flags2": "+fast"}
 # Drop never-shown non-reference frames before decoding (exact: the output does not change; tests switch it off).
 SKIP_UNSHOWN = True
 
@@ -98,12 +100,14 @@ def iter_resampled(
     max_source_frames: Optional[int] = None,
     threads: int = 1,
     opened: Optional[tuple] = None,
+    fast: bool = False,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """Yield ``(k, frame)`` for k = 0, 1, …: the latest source frame whose time ≤ k / fps (after the first frame).
 
     Resampling by timestamp keeps 1-frame and short videos and handles variable frame rate. Frames are streamed:
     at most the decoder's own buffers and one held frame are in memory. ``info`` is updated as decoding goes.
     ``opened`` is a ``(container, stream)`` pair from :func:`open_video` to reuse (it is closed at the end).
+    ``fast`` skips the decoder's deblocking filter and allows its inexact shortcuts (``video.fast_decode``).
     """
     step = Fraction(fps).limit_denominator(1_000_000)
     if step <= 0:
@@ -113,6 +117,8 @@ def iter_resampled(
         if threads != 1:  # frame threading: 0 means one thread per core
             stream.thread_type = "AUTO"
         stream.thread_count = max(0, int(threads))
+        if fast:  # read when the decoder opens, at the first packet
+            stream.codec_context.options = {**stream.codec_context.options, **FAST_DECODE}
         rate = stream.average_rate or stream.guessed_rate
         info.fps = float(rate) if rate else 0.0
         info.declared_frames = int(stream.frames or 0)
