@@ -238,6 +238,7 @@ def test_paper_profile_gives_the_svd_and_sdxl_shapes():
     assert {k: video["motion_encoder"][k] for k in PAPER_MOTION_ENCODER} == PAPER_MOTION_ENCODER
     assert (video["frames"], video["height"], video["width"], video["sigma_data"], video["sigma_max"]) == (24, 320, 576, 1.0, 700.0)
     assert video["vae_dir"] == "/vae"
+    assert not video.get("keyframe_skip") and not video.get("motion_warp")  # the paper predicts whole frames
     keyframe = keyframe_kwargs(cfg, cond_dim=1408)
     assert keyframe["image_size"] == [320, 576] and keyframe["unet"]["cross_attention_dim"] == 2048
     assert keyframe["unet"]["addition_embed_type"] == "text_time" and keyframe["beta_schedule"] == "scaled_linear"
