@@ -27,6 +27,20 @@ def test_paper_profile_has_the_paper_decomposition_sizes():
     assert cfg.motion_tokenizer.model.codebook_size == 1024 and cfg.motion_tokenizer.model.code_dim == 32
 
 
+def test_tiny_recipes_do_not_leak_into_the_paper_profile():
+    # conf/stage/*.yaml hold the tiny CPU recipes and merge before the profile: the paper profile must undo them
+    tiny, paper = load_config(params_file=None), load_config(profile="paper", params_file=None)
+    recipes = {
+        "detokenizer.video.keyframe_skip": (True, False),
+        "detokenizer.video.motion_warp": (True, False),
+        "visual_tokenizer.model.train_selection": ("deterministic", "gumbel"),
+        "visual_tokenizer.model.saliency_prior": (4.0, 0.0),
+        "video.fast_decode": (False, False),
+    }
+    for key, (tiny_value, paper_value) in recipes.items():
+        assert (OmegaConf.select(tiny, key), OmegaConf.select(paper, key)) == (tiny_value, paper_value), key
+
+
 def test_cli_override_wins_and_is_typed():
     cfg = load_config(overrides=["video.fps=12", "motion_tokenizer.train.max_steps=7"], params_file=None)
     assert cfg.video.fps == 12.0 and isinstance(cfg.video.fps, float)
