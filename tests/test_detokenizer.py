@@ -242,3 +242,5 @@ def test_motion_warp_starts_from_the_motion_compensated_clip(tmp_path):
     assert loaded.config["motion_warp"] and loaded.config["motion_std"] == [0.1, 0.1]
     with pytest.raises(ConfigError, match="needs keyframe_skip"):
         VideoDetokenizer(**kwargs, motion_warp=True)
+    with pytest.raises(ConfigError, match="give motion_std and motion_rescale"):
+        VideoDetokenizer(**kwargs, keyframe_skip=True, motion_warp=True)

@@ -17,7 +17,6 @@ def evaluate_recon(cfg: DictConfig, protocol: DictConfig, results: Results, pipe
     from videolavit.generate import to_uint8, to_unit
     from videolavit.metrics.motion import MotionEPE
     from videolavit.metrics.reconstruction import SSIM_KERNEL, VideoPSNR, VideoSSIM
-    from videolavit.models.video_detokenizer import warp_along_motion
     from videolavit.video.motion import denormalize_motion
 
     recon, m = protocol.recon, pipe.m
@@ -72,8 +71,7 @@ def evaluate_recon(cfg: DictConfig, protocol: DictConfig, results: Results, pipe
             baselines = {"static": real[:, :1].expand_as(real).contiguous()}
             if warp:
                 true_motion = torch.from_numpy(clip["motion"])[None].to(pipe.device)
-                units = (vd.config["motion_std"], vd.config["motion_rescale"])
-                baselines["warp"] = torch.from_numpy(to_uint8(warp_along_motion(key, true_motion, *units).cpu()))
+                baselines["warp"] = torch.from_numpy(to_uint8(vd.warp(key, true_motion)))
             rendered.append(fake[0].permute(0, 2, 3, 1).numpy())
             for name, metric in metrics.items():  # frame 0 is the given condition: scored on frames 1…T−1
                 source = next((v for k, v in baselines.items() if f"_{k}_baseline" in name), fake)

@@ -163,8 +163,8 @@ class VideoDetokenizer(nn.Module):
         decode_chunk_size: int = 8,
         keyframe_skip: bool = False,
         motion_warp: bool = False,
-        motion_std: tuple[float, float] | list[float] = (1.0, 1.0),
-        motion_rescale: float = 1.0,
+        motion_std: tuple[float, float] | list[float] | None = None,
+        motion_rescale: float | None = None,
         *,
         unet_model: nn.Module | None = None,
         vae: nn.Module | None = None,
@@ -179,11 +179,17 @@ class VideoDetokenizer(nn.Module):
             "sigma_min": float(sigma_min), "sigma_max": float(sigma_max), "noise_aug": float(noise_aug),
             "fps": int(fps), "motion_bucket_id": int(motion_bucket_id), "cond_dropout": float(cond_dropout),
             "decode_chunk_size": int(decode_chunk_size), "keyframe_skip": bool(keyframe_skip),
-            "motion_warp": bool(motion_warp), "motion_std": [float(s) for s in motion_std],
-            "motion_rescale": float(motion_rescale),
+            "motion_warp": bool(motion_warp),
+            "motion_std": [float(s) for s in motion_std] if motion_std is not None else None,
+            "motion_rescale": float(motion_rescale) if motion_rescale is not None else None,
         }  # fmt: skip
         if motion_warp and not keyframe_skip:
             raise ConfigError("motion_warp sets the base that keyframe_skip diffuses around: it needs keyframe_skip")
+        if motion_warp and (motion_std is None or motion_rescale is None):
+            raise ConfigError(
+                "motion_warp reads normalized motion: give motion_std and motion_rescale (the clips' video.motion_std, "
+                "video.motion_rescale)"
+            )
         self.vae = vae if vae is not None else (load_vae(vae_dir) if vae_dir else None)
         if self.vae is not None:
             channels, factor = self.vae.config.latent_channels, vae_downsampling(self.vae)
@@ -290,12 +296,16 @@ class VideoDetokenizer(nn.Module):
         the keyframe carried along the motion (:func:`warp_along_motion`); None without ``keyframe_skip``."""
         if not self.config["keyframe_skip"]:
             return None
-        frames = motion.shape[2]
         if self.config["motion_warp"]:
-            warped = warp_along_motion(keyframe, motion, self.config["motion_std"], self.config["motion_rescale"])
-            return self.encode_frames(warped)
+            return self.encode_frames(self.warp(keyframe, motion))
         base = self.encode_frames(keyframe[:, None])  # [B, 1, C, h, w]
-        return base.expand(base.shape[0], frames, *base.shape[2:])
+        return base.expand(base.shape[0], motion.shape[2], *base.shape[2:])
+
+    def warp(self, keyframe: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """:func:`warp_along_motion` in this model's motion units: pixels [B, T, 3, H, W] (the ``motion_warp`` base)."""
+        if self.config["motion_std"] is None or self.config["motion_rescale"] is None:
+            raise ConfigError("this video detokenizer was built without motion units (motion_std, motion_rescale)")
+        return warp_along_motion(keyframe, motion, self.config["motion_std"], self.config["motion_rescale"])
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict) -> torch.Tensor:
         """EDM denoiser D(x; σ) [B, T, C, h, w] with σ [B]."""

@@ -40,7 +40,7 @@ from videolavit.data.shards import iter_clip_records
 from videolavit.errors import ConfigError, MissingArtifactError
 from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
 from videolavit.models.motion_tokenizer import MotionTokenizer
-from videolavit.models.video_detokenizer import VideoDetokenizer, warp_along_motion
+from videolavit.models.video_detokenizer import VideoDetokenizer
 from videolavit.models.visual_tokenizer import VisualTokenizer
 from videolavit.stages.common import (
     ResumableRNG,
@@ -98,14 +98,13 @@ def video_kwargs(cfg: DictConfig) -> dict:
         unet=_unet(v.unet),
         motion_encoder=section_kwargs(v.motion_encoder),
     )
-    if v.keyframe_skip:
-        kwargs["keyframe_skip"] = True
-    if v.motion_warp:  # the warp reads normalized motion: it needs the units the clips were normalized with
-        kwargs.update(
-            motion_warp=True,
-            motion_std=[float(x) for x in cfg.video.motion_std],
-            motion_rescale=float(cfg.video.motion_rescale),
-        )
+    kwargs.update(
+        keyframe_skip=bool(v.keyframe_skip),
+        motion_warp=bool(v.motion_warp),
+        # the units the clips' motion was normalized with (what a warp along it reads)
+        motion_std=[float(x) for x in cfg.video.motion_std],
+        motion_rescale=float(cfg.video.motion_rescale),
+    )
     return kwargs
 
 
@@ -369,8 +368,7 @@ def evaluate(
             real = to_uint8(frames)
             outputs = {"static_baseline": real[:, :1].expand_as(real).contiguous()}
             if warp:
-                units = (video.config["motion_std"], video.config["motion_rescale"])
-                outputs["warp_baseline"] = to_uint8(warp_along_motion(key, motion, *units))
+                outputs["warp_baseline"] = to_uint8(video.warp(key, motion))
             for name, field in (("tokens", tokenizers.motion_from_tokens(motion)), ("true_motion", motion)):
                 # the same initial noise for both, so their difference is the motion's alone
                 generator = torch.Generator(device=device).manual_seed(seed + start)
