@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from videolavit.errors import ConfigError
 from videolavit.models.lm import modality_loss_sums
 from videolavit.stages.common import (
-    checkpoint_dir, cosine_with_warmup, make_trainer, require_path, resume_checkpoint, seed_everything, stage_entry,
+    adamw_with_cosine, checkpoint_dir, make_trainer, require_path, resume_checkpoint, seed_everything, stage_entry,
 )  # fmt: skip
 from videolavit.vocab import Vocab
 
@@ -109,9 +109,7 @@ def lm_optimizer(model, optim: dict, max_steps: int) -> dict:
         {"params": params, "lr": lr_other if io else lr, "weight_decay": float(optim["weight_decay"]) if decay else 0.0}
         for (io, decay), params in groups.items() if params
     ]  # fmt: skip
-    optimizer = torch.optim.AdamW(param_groups, lr=lr, betas=tuple(float(b) for b in optim["betas"]), eps=float(optim["eps"]))
-    scheduler = cosine_with_warmup(optimizer, int(optim["warmup_steps"]), int(max_steps), float(optim.get("min_lr_ratio") or 0.0))
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    return adamw_with_cosine(param_groups, optim, max_steps)
 
 
 class TokenThroughput(L.Callback):
