@@ -129,7 +129,7 @@ def iter_resampled(
 
         k = 0
         start: Optional[int | Fraction] = None
-        planner = _ShownFrames(step, stream.time_base)
+        planner = _ShownFrames(clock)
         held: Optional[av.VideoFrame] = None
         held_time: int | Fraction = 0
         # max_source_frames caps the span: the first N frames at the declared rate (a time limit under VFR).
@@ -168,25 +168,24 @@ class _ShownFrames:
 
     Frames that will not be shown and that no other frame references (H.264/HEVC non-reference frames, MPEG B-frames)
     need not be decoded at all: at 30 → 6 fps that skips a large share of the source decoding, exactly. Times are
-    kept as integer pts in the stream's time base, so the per-packet test is a few integer operations.
+    the resampler's integer ticks (:class:`_Clock`), so the per-packet test is a few integer operations.
     """
 
-    def __init__(self, step: Fraction, time_base: Optional[Fraction]):
+    def __init__(self, clock: "_Clock"):
+        self.clock = clock
         self.start: Optional[int] = None  # pts of the first decoded frame (set by the resampler)
         self.recent: deque[int] = deque(maxlen=2 * LOOKAHEAD)
-        # An output instant k sits at start + k * d / n seconds = start + k * (d * b) / (n * a) in pts units (tb = a/b).
-        tb = time_base or Fraction(0)
-        self.num, self.den = step.numerator * tb.numerator, step.denominator * tb.denominator
 
     def shown(self, pts: Optional[int], upcoming: list[Optional[int]]) -> bool:
-        if pts is None or not self.num:
+        per_pts = self.clock.per_pts  # ticks per pts unit; 0 without a time base
+        if pts is None or not per_pts:
             return True
         later = [t for t in (*self.recent, *upcoming) if t is not None and t > pts]
         self.recent.append(pts)
         if not SKIP_UNSHOWN or self.start is None or not later:
             return True  # no skipping yet, or its successor is unknown (the last frames): keep it
-        k = max(0, -((self.start - pts) * self.num // self.den))  # first output instant at or after this frame
-        return k * self.den < (min(later) - self.start) * self.num
+        k = max(0, -(-(pts - self.start) * per_pts // self.clock.per_instant))  # first output instant at or after it
+        return self.clock.instant(k) < (min(later) - self.start) * per_pts
 
 
 def _decode_frames(container, stream, info: SourceInfo, planner: _ShownFrames) -> Iterator[av.VideoFrame]:
