@@ -244,3 +244,17 @@ def test_motion_warp_starts_from_the_motion_compensated_clip(tmp_path):
         VideoDetokenizer(**kwargs, motion_warp=True)
     with pytest.raises(ConfigError, match="give motion_std and motion_rescale"):
         VideoDetokenizer(**kwargs, keyframe_skip=True, motion_warp=True)
+
+
+def test_a_motion_encoder_file_of_another_layout_is_a_clear_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from videolavit.errors import MissingArtifactError
+
+    model = VideoDetokenizer(frames=4, height=8, width=8, motion_encoder={"grid": [4, 4], "depth": 1})
+    model.save_pretrained(tmp_path / "video")
+    path = tmp_path / "video" / "motion_encoder.safetensors"
+    state = {k.replace(".spatial_attention.", ".spatial_attn."): v for k, v in load_file(path).items()}
+    save_file(state, path)  # the names of another block layout
+    with pytest.raises(MissingArtifactError, match="motion_encoder.safetensors does not match"):
+        VideoDetokenizer.from_pretrained(tmp_path / "video")

@@ -17,9 +17,6 @@ from torch import nn
 
 from videolavit.models.motion_tokenizer import SpatioTemporalBlock
 
-# Weight names of the encoder's earlier private block (spatial_attn, temporal_attn) → the tokenizer block's names.
-LEGACY_NAMES = {".spatial_attn.": ".spatial_attention.", ".temporal_attn.": ".temporal_attention."}
-
 
 class MotionConditionEncoder(nn.Module):
     """Motion field [B, 2, T, h, w] → per-frame motion features [B, T, grid_h·grid_w, out_dim]."""
@@ -68,12 +65,3 @@ class MotionConditionEncoder(nn.Module):
             x = block(x)
         return self.out_proj(self.norm(x.flatten(2, 3)))  # [B, T, N, out_dim]
 
-
-def upgrade_state_dict(state: dict) -> dict:
-    """A saved encoder's weights with the names of its earlier private block renamed to the current ones."""
-    out = {}
-    for name, tensor in state.items():
-        for old, new in LEGACY_NAMES.items():
-            name = name.replace(old, new)
-        out[name] = tensor
-    return out

@@ -38,7 +38,7 @@ from torch import nn
 
 from videolavit.errors import ConfigError, MissingArtifactError
 from videolavit.models.keyframe_detokenizer import load_vae, loading_kwargs, vae_downsampling, weights_variant
-from videolavit.models.motion_condition import MotionConditionEncoder, upgrade_state_dict
+from videolavit.models.motion_condition import MotionConditionEncoder
 
 TINY_UNET = {
     "block_out_channels": [32, 64],
@@ -422,7 +422,13 @@ class VideoDetokenizer(nn.Module):
         unet = UNetSpatioTemporalConditionModel.from_pretrained(directory / "unet", **loading_kwargs())
         vae = load_vae(directory / "vae") if has_vae else None
         model = cls(**config, unet_model=unet, vae=vae)
-        model.motion_encoder.load_state_dict(upgrade_state_dict(load_file(directory / "motion_encoder.safetensors")))
+        path = directory / "motion_encoder.safetensors"
+        missing, unexpected = model.motion_encoder.load_state_dict(load_file(path), strict=False)
+        if missing or unexpected:
+            raise MissingArtifactError(
+                f"{path} does not match this motion encoder (saved by another version? retrain with "
+                f"`videolavit detokenizer`): missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         return model
 
     @torch.no_grad()
