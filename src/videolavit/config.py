@@ -99,8 +99,9 @@ class VideoConfig:
     frames_height: int = 320  # size of the RGB clip frames kept for the video detokenizer (its training target)
     frames_width: int = 576
     threads: int = 1  # source decoder threads per video (0: one per core); the decompose stage runs videos in parallel
-    # Skip the source decoder's in-loop deblocking filter (H.264/HEVC) and allow its non-bit-exact shortcuts: lossy
-    # (keyframes differ from an exact decode by far less than the MPEG-4 re-encode changes them), faster; off = exact.
+    # Skip the source decoder's in-loop deblocking filter (H.264/HEVC) and allow its non-bit-exact shortcuts: lossy but
+    # below the re-encode's own loss (benchmark 720p input at 576×320: 48.9 dB PSNR against the exact decode, while the
+    # MPEG-4 re-encode is 35.2 dB against its input), ~8% less CPU; off = exact.
     fast_decode: bool = False
 
 
