@@ -1,20 +1,28 @@
-"""Decomposition speed and memory: this pipeline vs the official route (ffmpeg CLI re-encode + PyAV motion vectors).
+"""Decomposition speed and memory: this pipeline vs the official route (ffmpeg CLI re-encode + motion-vector decode).
 
-    python benchmarks/decompose.py                 # synthetic clip + 10 s of H.264 720p30, both routes
+    python benchmarks/decompose.py                 # synthetic clip + 10 s of H.264 720p30, every route
     python benchmarks/decompose.py --long          # also 10 minutes of 720p (libx264 ultrafast): our peak RSS
 
-Routes: ``ours`` (exact decode, the default), ``ours-fast`` (``video.fast_decode=true``: no deblocking in the source
-decoder; the keyframes' PSNR against the exact route's is printed) and ``official``.
+Routes:
+- ``ours``: this pipeline (exact source decode, the default); ``ours-fast``: ``video.fast_decode=true`` (no deblocking
+  in the source decoder; the keyframes' PSNR against the exact route's is printed).
+- ``official``: ``models/transform.py`` of github.com/jy0205/LaVIT as published: ``ffmpeg -threads N -y -i IN
+  -filter:v fps=6 -b:v 8000k -c:v mpeg4 -f rawvideo TMP.mp4`` at the SOURCE resolution, then every frame of TMP decoded
+  to a BGR image with its vectors (``mvextractor``'s ``VideoCap.read()``; here PyAV ``export_mvs``, the same FFmpeg
+  decode and swscale conversion), a per-pixel float64 map per frame, and per clip a 16×16 max-pool, frame 12
+  interpolated, a bicubic resize to 20×36 and a 224×224 keyframe.
+- ``official-lean``: the same re-encode, then only what is needed (vectors binned per macroblock as ours are, RGB for
+  I-frames only): the floor of the official route's design, with the official code's per-pixel work taken out.
 
-Official route, after ``models/transform.py`` of github.com/jy0205/LaVIT: ``ffmpeg -threads N -y -i IN -filter:v fps=6
--b:v 8000k -c:v mpeg4 -f rawvideo TMP.mp4`` at the SOURCE resolution, then TMP decoded with PyAV ``export_mvs`` into
-the same macroblock fields, clips, 20×36 grid and 224×224 keyframes. Each route runs in its own subprocess; CPU time
-(user + sys, children included) gives input frames/s per core, ``ru_maxrss`` the peak RSS. Best of ``--repeat`` runs.
+Every route makes the same clips from the same input. Each runs in its own subprocess; CPU time (user + sys, children
+included) gives input frames/s per core, the peak RSS is the larger of the process and its ffmpeg child. Best of
+``--repeat`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -29,7 +37,7 @@ import numpy as np
 
 FPS = 6
 BITRATE_K = 8000
-ROUTES = ("ours", "ours-fast", "official")
+ROUTES = ("ours", "ours-fast", "official", "official-lean")
 
 
 def panning_scene(width: int, height: int, num_frames: int, seed: int = 0):
@@ -105,7 +113,87 @@ def run_ours(path: Path, cfg) -> dict:
     return {"clips": len(keyframes), "frames_6fps": stream.num_frames, "keyframes": keyframes}
 
 
+def _reencode(path: Path, out: Path, threads: int) -> float:
+    """The official first step: ffmpeg CLI to 6 fps MPEG-4 at the source size; returns ffmpeg's own peak RSS (MB)."""
+    cmd = ["ffmpeg", "-loglevel", "error", "-threads", str(threads), "-y", "-i", str(path),
+           "-filter:v", f"fps={FPS}", "-b:v", f"{BITRATE_K}k", "-c:v", "mpeg4", "-f", "rawvideo", str(out)]
+    ffmpeg = subprocess.Popen(cmd)
+    peak = 0.0
+    while ffmpeg.poll() is None:  # its own high-water mark, read while it runs (gone once it exits)
+        peak = max(peak, _peak_rss_mb(ffmpeg.pid))
+        time.sleep(0.02)
+    if ffmpeg.returncode:
+        raise RuntimeError(f"ffmpeg failed with exit code {ffmpeg.returncode}")
+    return peak
+
+
+def _clip_starts(iframes: list[int], num_frames: int, video) -> list[int]:
+    """Starts of non-overlapping clips at an I-frame followed by the next one ``gop`` frames later (as ours, policy all)."""
+    starts, last = [], -video.clip_frames
+    for a, b in itertools.pairwise(iframes):
+        if b == a + video.gop and a + video.clip_frames <= num_frames and a >= last + video.clip_frames:
+            starts.append(a)
+            last = a
+    return starts
+
+
 def run_official(path: Path, cfg) -> dict:
+    """LaVIT's ``models/transform.py`` as published: every frame of the re-encode is decoded to a BGR image with its
+    vectors (what ``mvextractor``'s ``VideoCap.read()`` returns; here PyAV, the same FFmpeg decode and swscale), each
+    frame's vectors go into a per-pixel float64 map (-10000 where no block ends), and each clip is 16×16 max-pooled,
+    its frame 12 interpolated and resized bicubically to 20×36; the keyframe is resized to 224×224."""
+    import av
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    video = cfg.video
+    threads = int(video.threads)
+    scale = np.array([video.motion_rescale / s for s in video.motion_std])  # ÷ (std / 10), the "rescale" path
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "reencoded.mp4"
+        ffmpeg_peak = _reencode(path, out, threads)
+        container = av.open(str(out))
+        stream = container.streams.video[0]
+        stream.codec_context.options = {"flags2": "+export_mvs"}
+        stream.thread_count = threads
+        frames, maps, types = [], [], []
+        for frame in container.decode(stream):
+            image = frame.to_ndarray(format="bgr24")  # [h, w, 3]
+            h, w = image.shape[:2]
+            dense = np.ones((h, w, 2)) * -10000  # [h, w, 2] float64
+            side = frame.side_data.get("MOTION_VECTORS")
+            if side is not None:
+                mv = side.to_ndarray()
+                x = np.clip(mv["dst_x"], 0, w - 1)
+                y = np.clip(mv["dst_y"], 0, h - 1)
+                step = mv["source"] / mv["motion_scale"]
+                dense[y, x, 0] = step * mv["motion_x"] / w * scale[0]
+                dense[y, x, 1] = step * mv["motion_y"] / h * scale[1]
+            maps.append(dense)
+            types.append(frame.pict_type == av.video.frame.PictureType.I)
+            frames.append(image[:, :, ::-1])  # RGB view
+        container.close()
+    iframes = [i for i, is_i in enumerate(types) if is_i]
+    starts = _clip_starts(iframes, len(maps), video)
+    for a in starts:
+        keyframe = Image.fromarray(frames[a]).convert("RGB").resize((224, 224), Image.BICUBIC)
+        pixels = torch.from_numpy(np.array(keyframe)).permute(2, 0, 1).float() / 255  # [3, 224, 224]
+        motion = torch.stack([torch.from_numpy(m.transpose(2, 0, 1)) for m in maps[a : a + video.clip_frames]]).float()
+        h, w = motion.shape[-2:]
+        motion = F.pad(motion, (0, -w % 16, 0, -h % 16), value=-10000)  # [24, 2, H, W]
+        motion = F.max_pool2d(motion, kernel_size=16, stride=16)
+        motion[motion < -1000] = 0.0
+        motion[12] = 0.5 * (motion[11] + motion[13])  # the I-frame at 12 has no vectors
+        motion = F.interpolate(motion, size=(video.motion_height, video.motion_width), mode="bicubic", antialias=True)
+        motion = motion.permute(1, 0, 2, 3)  # [2, 24, 20, 36]
+        assert pixels.shape == (3, 224, 224) and motion.shape == (2, 24, 20, 36)
+    return {"clips": len(starts), "frames_6fps": len(maps), "ffmpeg_peak_rss_mb": ffmpeg_peak}
+
+
+def run_official_lean(path: Path, cfg) -> dict:
+    """The same ffmpeg re-encode, then only what is needed: vectors binned per macroblock as this pipeline does and
+    RGB for I-frames only (no per-frame images, no per-pixel maps). The floor of the official route's design."""
     import av
     from PIL import Image
 
@@ -115,15 +203,7 @@ def run_official(path: Path, cfg) -> dict:
     threads = int(video.threads)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "reencoded.mp4"
-        cmd = ["ffmpeg", "-loglevel", "error", "-threads", str(threads), "-y", "-i", str(path),
-               "-filter:v", f"fps={FPS}", "-b:v", f"{BITRATE_K}k", "-c:v", "mpeg4", "-f", "rawvideo", str(out)]
-        ffmpeg = subprocess.Popen(cmd)
-        ffmpeg_peak = 0.0
-        while ffmpeg.poll() is None:  # its own high-water mark, read while it runs (gone once it exits)
-            ffmpeg_peak = max(ffmpeg_peak, _peak_rss_mb(ffmpeg.pid))
-            time.sleep(0.02)
-        if ffmpeg.returncode:
-            raise RuntimeError(f"ffmpeg failed with exit code {ffmpeg.returncode}")
+        ffmpeg_peak = _reencode(path, out, threads)
         container = av.open(str(out))
         stream = container.streams.video[0]
         stream.codec_context.options = {"flags2": "+export_mvs"}
@@ -143,17 +223,14 @@ def run_official(path: Path, cfg) -> dict:
                 iframes.append(index)
                 rgb[index] = Image.fromarray(frame.to_ndarray(format="rgb24")).resize((224, 224), Image.BICUBIC)
         container.close()
-    clips = 0
-    last = -video.clip_frames
     scale = np.array([video.motion_rescale / s for s in video.motion_std], dtype=np.float32).reshape(2, 1, 1, 1)
-    for a, b in zip(iframes, iframes[1:]):
-        if b == a + video.gop and a + video.clip_frames <= len(fields) and a >= last + video.clip_frames:
-            motion = np.stack(fields[a : a + video.clip_frames], axis=1)  # [2, 24, rows, cols]
-            motion[:, 12] = 0.5 * (motion[:, 11] + motion[:, 13])
-            motion = resize_grid(motion, video.motion_height, video.motion_width) * scale
-            assert rgb[a].size == (224, 224) and motion.shape == (2, 24, 20, 36)
-            clips, last = clips + 1, a
-    return {"clips": clips, "frames_6fps": len(fields), "ffmpeg_peak_rss_mb": ffmpeg_peak}
+    starts = _clip_starts(iframes, len(fields), video)
+    for a in starts:
+        motion = np.stack(fields[a : a + video.clip_frames], axis=1)  # [2, 24, rows, cols]
+        motion[:, 12] = 0.5 * (motion[:, 11] + motion[:, 13])
+        motion = resize_grid(motion, video.motion_height, video.motion_width) * scale
+        assert rgb[a].size == (224, 224) and motion.shape == (2, 24, 20, 36)
+    return {"clips": len(starts), "frames_6fps": len(fields), "ffmpeg_peak_rss_mb": ffmpeg_peak}
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -176,14 +253,20 @@ def _cpu_seconds() -> float:
 
 
 def worker(route: str, path: Path, threads: int) -> None:
-    import av  # noqa: F401  imports and the config are paid before the clock starts, alike for both routes
+    import av  # noqa: F401  imports and the config are paid before the clock starts, alike for every route
     import PIL.Image  # noqa: F401
 
     import videolavit.video  # noqa: F401
 
+    if route == "official":
+        import torch  # its pooling and resizing (transform.py uses torch and torchvision)
+
+        torch.set_num_threads(1)
+
     cfg = paper_config(threads, fast_decode=route == "ours-fast")  # once per process in the stage too
     cpu, start = _cpu_seconds(), time.perf_counter()
-    result = (run_official if route == "official" else run_ours)(path, cfg)
+    run = {"official": run_official, "official-lean": run_official_lean}.get(route, run_ours)
+    result = run(path, cfg)
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if "keyframes" in result:  # made JSON-ready off the clock: the official route has no such step
         result["keyframes"] = [k.tolist() for k in result["keyframes"]]
@@ -195,7 +278,7 @@ def worker(route: str, path: Path, threads: int) -> None:
 
 def measure(route: str, path: Path, threads: int) -> dict:
     cmd = [sys.executable, __file__, "--worker", route, "--input", str(path), "--threads", str(threads)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{route} route failed on {path}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -221,7 +304,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "videolavit-bench"
     parser.add_argument("--cache-dir", type=Path, default=cache, help=f"inputs are built here once (default {cache})")
-    parser.add_argument("--threads", type=int, default=1, help="decoder threads for both routes (ffmpeg -threads)")
+    parser.add_argument("--threads", type=int, default=1, help="decoder threads for every route (ffmpeg -threads)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per route and input; the best CPU time counts")
     parser.add_argument("--long", action="store_true", help="also 10 minutes of 720p: peak RSS of our pipeline")
     parser.add_argument("--worker", choices=ROUTES, help=argparse.SUPPRESS)
@@ -236,14 +319,14 @@ def main() -> None:
         print("ffmpeg not found on PATH: the official route is skipped (install it, e.g. `apt-get install -y ffmpeg`).")
     inputs = make_inputs(args.cache_dir, args.long)
     print(f"\nthreads={args.threads}, best of {args.repeat} (CPU time, children included), {os.cpu_count()} cores\n")
-    header = (f"{'input':<26} {'route':<9} {'in frames':>9} {'clips':>5} {'cpu s':>7} {'wall s':>7} "
+    header = (f"{'input':<26} {'route':<13} {'in frames':>9} {'clips':>5} {'cpu s':>7} {'wall s':>7} "
               f"{'frames/s/core':>13} {'peak RSS MB':>11}")
     print(header)
     print("-" * len(header))
     for name, path in inputs.items():
         frames = source_frames(path)
         long_input = "10min" in name
-        routes = ["ours"] + (["ours-fast", "official"] if has_ffmpeg and not long_input else [])
+        routes = ["ours"] + (["ours-fast", "official", "official-lean"] if has_ffmpeg and not long_input else [])
         best: dict[str, dict] = {}
         for _ in range(1 if long_input else args.repeat):
             for route in routes:  # alternate the routes so that load from other processes hits both alike
@@ -253,17 +336,18 @@ def main() -> None:
                     best[route] = {**result, "peak_rss_mb": peak}
         for route in routes:
             r = best[route]
-            print(f"{name:<26} {route:<9} {frames:>9} {r['clips']:>5} {r['cpu_s']:>7.2f} {r['wall_s']:>7.2f} "
+            print(f"{name:<26} {route:<13} {frames:>9} {r['clips']:>5} {r['cpu_s']:>7.2f} {r['wall_s']:>7.2f} "
                   f"{frames / r['cpu_s']:>13.1f} {r['peak_rss_mb']:>11.0f}")
         if "official" in best:
-            for route in ("ours", "ours-fast"):
-                ratio = best["official"]["cpu_s"] / best[route]["cpu_s"]
-                print(f"{'':<26} ratio {route}/official: {ratio:.2f}x input frames/s per core")
+            for baseline in ("official", "official-lean"):
+                for route in ("ours", "ours-fast"):
+                    ratio = best[baseline]["cpu_s"] / best[route]["cpu_s"]
+                    print(f"{'':<26} ratio {route}/{baseline}: {ratio:.2f}x input frames/s per core")
             print(f"{'':<26} ours-fast keyframes vs ours: {_psnr(best['ours']['keyframes'], best['ours-fast']['keyframes'])}")
         if long_input:
             verdict = "under" if best["ours"]["peak_rss_mb"] < 1024 else "OVER"
             print(f"{'':<26} peak RSS {best['ours']['peak_rss_mb']:.0f} MB: {verdict} the 1 GB target")
-    print("\nCPU time excludes interpreter start-up and imports (paid alike by both routes); RSS includes them.")
+    print("\nCPU time excludes interpreter start-up and imports (paid alike by every route); RSS includes them.")
 
 
 if __name__ == "__main__":
