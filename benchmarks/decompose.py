@@ -22,6 +22,7 @@ included) gives input frames/s per core, the peak RSS is the larger of the proce
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -127,6 +128,22 @@ def _reencode(path: Path, out: Path, threads: int) -> float:
     return peak
 
 
+@contextlib.contextmanager
+def _reencoded_frames(path: Path, threads: int):
+    """The re-encode (:func:`_reencode`) opened for decoding with its motion vectors exported: yields the decoded
+    frames (an iterator) and ffmpeg's peak RSS."""
+    import av
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "reencoded.mp4"
+        ffmpeg_peak = _reencode(path, out, threads)
+        with av.open(str(out)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.options = {"flags2": "+export_mvs"}
+            stream.thread_count = threads
+            yield container.decode(stream), ffmpeg_peak
+
+
 def _clip_starts(iframes: list[int], num_frames: int, video) -> list[int]:
     """Starts of non-overlapping clips at an I-frame followed by the next one ``gop`` frames later (as ours, policy all)."""
     starts, last = [], -video.clip_frames
@@ -150,15 +167,9 @@ def run_official(path: Path, cfg) -> dict:
     video = cfg.video
     threads = int(video.threads)
     scale = np.array([video.motion_rescale / s for s in video.motion_std])  # ÷ (std / 10), the "rescale" path
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "reencoded.mp4"
-        ffmpeg_peak = _reencode(path, out, threads)
-        container = av.open(str(out))
-        stream = container.streams.video[0]
-        stream.codec_context.options = {"flags2": "+export_mvs"}
-        stream.thread_count = threads
-        frames, maps, types = [], [], []
-        for frame in container.decode(stream):
+    frames, maps, types = [], [], []
+    with _reencoded_frames(path, threads) as (decoded, ffmpeg_peak):
+        for frame in decoded:
             image = frame.to_ndarray(format="bgr24")  # [h, w, 3]
             h, w = image.shape[:2]
             dense = np.ones((h, w, 2)) * -10000  # [h, w, 2] float64
@@ -173,7 +184,6 @@ def run_official(path: Path, cfg) -> dict:
             maps.append(dense)
             types.append(frame.pict_type == av.video.frame.PictureType.I)
             frames.append(image[:, :, ::-1])  # RGB view
-        container.close()
     iframes = [i for i, is_i in enumerate(types) if is_i]
     starts = _clip_starts(iframes, len(maps), video)
     for a in starts:
@@ -201,15 +211,9 @@ def run_official_lean(path: Path, cfg) -> dict:
 
     video = cfg.video
     threads = int(video.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "reencoded.mp4"
-        ffmpeg_peak = _reencode(path, out, threads)
-        container = av.open(str(out))
-        stream = container.streams.video[0]
-        stream.codec_context.options = {"flags2": "+export_mvs"}
-        stream.thread_count = threads
-        fields, iframes, rgb = [], [], {}
-        for index, frame in enumerate(container.decode(stream)):
+    fields, iframes, rgb = [], [], {}
+    with _reencoded_frames(path, threads) as (decoded, ffmpeg_peak):
+        for index, frame in enumerate(decoded):
             rows, cols = -(-frame.height // 16), -(-frame.width // 16)
             is_i = frame.pict_type == av.video.frame.PictureType.I
             side = None if is_i else frame.side_data.get("MOTION_VECTORS")
@@ -222,7 +226,6 @@ def run_official_lean(path: Path, cfg) -> dict:
             if is_i:
                 iframes.append(index)
                 rgb[index] = Image.fromarray(frame.to_ndarray(format="rgb24")).resize((224, 224), Image.BICUBIC)
-        container.close()
     scale = np.array([video.motion_rescale / s for s in video.motion_std], dtype=np.float32).reshape(2, 1, 1, 1)
     starts = _clip_starts(iframes, len(fields), video)
     for a in starts:
