@@ -108,10 +108,12 @@ def run_ours(path: Path, cfg) -> dict:
     from videolavit.video import iter_clips
 
     stream = iter_clips(path, cfg)
-    keyframes = []  # streamed: clips are dropped as they come, as the decompose stage writes them
+    keyframes, motions = [], []  # small samples; the clips themselves are dropped as they come, as in the stage
     for clip in stream:
         keyframes.append(clip.keyframe[::8, ::8].copy())  # a 28×28 sample of each, to compare the routes
-    return {"clips": len(keyframes), "frames_6fps": stream.num_frames, "keyframes": keyframes}
+        if len(motions) < 4:  # [2, 24, 20, 36] normalized, the first 4 clips (a long video stays a small sample)
+            motions.append(clip.motion)
+    return {"clips": len(keyframes), "frames_6fps": stream.num_frames, "keyframes": keyframes, "motions": motions}
 
 
 def _reencode(path: Path, out: Path, threads: int) -> float:
@@ -272,7 +274,10 @@ def worker(route: str, path: Path, threads: int) -> None:
     result = run(path, cfg)
     wall, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if "keyframes" in result:  # made JSON-ready off the clock: the official route has no such step
+        from videolavit.video.motion import denormalize_motion
+
         result["keyframes"] = [k.tolist() for k in result["keyframes"]]
+        result["motions"] = [denormalize_motion(m, cfg).tolist() for m in result["motions"]]  # px/frame at encode size
     # The larger of this process and ffmpeg: the two run one after the other, never together.
     peak = max(_peak_rss_mb(os.getpid()), result.pop("ffmpeg_peak_rss_mb", 0.0))
     result.update(wall_s=wall, cpu_s=cpu, peak_rss_mb=peak)
@@ -285,6 +290,15 @@ def measure(route: str, path: Path, threads: int) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"{route} route failed on {path}:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _epe(exact: list, fast: list) -> str:
+    a, b = np.asarray(exact, np.float64), np.asarray(fast, np.float64)  # [clips, 2, T, h, w] px/frame
+    if a.shape != b.shape:
+        return f"different clips ({a.shape[0]} vs {b.shape[0]})"
+    epe = float(np.sqrt(((a - b) ** 2).sum(axis=1)).mean())
+    size = float(np.sqrt((a**2).sum(axis=1)).mean())
+    return f"mean EPE {epe:.3f} px/frame at the encode size (mean motion {size:.2f} px/frame)"
 
 
 def _psnr(exact: list, fast: list) -> str:
@@ -347,6 +361,7 @@ def main() -> None:
                     ratio = best[baseline]["cpu_s"] / best[route]["cpu_s"]
                     print(f"{'':<26} ratio {route}/{baseline}: {ratio:.2f}x input frames/s per core")
             print(f"{'':<26} ours-fast keyframes vs ours: {_psnr(best['ours']['keyframes'], best['ours-fast']['keyframes'])}")
+            print(f"{'':<26} ours-fast motion vs ours: {_epe(best['ours']['motions'], best['ours-fast']['motions'])}")
         if long_input:
             verdict = "under" if best["ours"]["peak_rss_mb"] < 1024 else "OVER"
             print(f"{'':<26} peak RSS {best['ours']['peak_rss_mb']:.0f} MB: {verdict} the 1 GB target")
