@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class VideolavitError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -54,3 +57,11 @@ class CorpusError(VideolavitError):
 
 class MissingArtifactError(VideolavitError):
     """A stage needs the output of an earlier stage (or a pretrained local path) that is not there."""
+
+
+def require_path(path: str | os.PathLike, what: str, hint: str) -> Path:
+    """The path, or a MissingArtifactError naming what is missing and how to make it."""
+    p = Path(path)
+    if not p.exists():
+        raise MissingArtifactError(f"{what} not found at '{p}'. {hint}")
+    return p

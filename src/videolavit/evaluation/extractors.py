@@ -12,8 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from videolavit.errors import ConfigError
-from videolavit.stages.common import require_path
+from videolavit.errors import ConfigError, require_path
 
 
 @dataclass

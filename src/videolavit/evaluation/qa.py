@@ -11,9 +11,8 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
-from videolavit.errors import ConfigError
+from videolavit.errors import ConfigError, require_path
 from videolavit.evaluation.protocol import NO_MOTION, QA_TYPES, Results, sampling_seed
-from videolavit.stages.common import require_path
 
 
 def _qa_items(records: list[dict], max_questions: Optional[int], seed: int) -> list[dict]:

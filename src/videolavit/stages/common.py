@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Optional
 from omegaconf import DictConfig
 
 from videolavit import tracking
-from videolavit.errors import ConfigError, MissingArtifactError
+from videolavit.errors import ConfigError
 
 
 def write_metrics(cfg: DictConfig, stage: str, metrics: dict[str, float]) -> Path:
@@ -83,14 +83,6 @@ def seed_everything(seed: int, with_torch: bool = True) -> None:
         import torch
 
         torch.manual_seed(seed)
-
-
-def require_path(path: str | os.PathLike, what: str, hint: str) -> Path:
-    """The path, or a MissingArtifactError naming what is missing and how to make it."""
-    p = Path(path)
-    if not p.exists():
-        raise MissingArtifactError(f"{what} not found at '{p}'. {hint}")
-    return p
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -20,8 +20,8 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from videolavit.data.shards import SPLITS, ClipShardWriter, clip_key
-from videolavit.errors import ConfigError, VideolavitError
-from videolavit.stages.common import require_path, stage_entry
+from videolavit.errors import ConfigError, VideolavitError, require_path
+from videolavit.stages.common import stage_entry
 
 _WORKER_CFG: Optional[DictConfig] = None
 

@@ -37,7 +37,7 @@ from videolavit import tracking
 from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ClipDataModule
 from videolavit.data.shards import iter_clip_records
-from videolavit.errors import ConfigError, MissingArtifactError
+from videolavit.errors import ConfigError, MissingArtifactError, require_path
 from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
 from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.video_detokenizer import VideoDetokenizer
@@ -47,7 +47,6 @@ from videolavit.stages.common import (
     adamw_with_cosine,
     decay_groups,
     make_trainer,
-    require_path,
     resume_checkpoint,
     seed_everything,
     stage_entry,

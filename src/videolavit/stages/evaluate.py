@@ -26,12 +26,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from videolavit import tracking
+from videolavit.errors import require_path
 from videolavit.evaluation.extractors import Extractors, build_extractors, feed_real_clips
 from videolavit.evaluation.protocol import NO_MOTION, QA_TYPES, Results, load_protocol, with_sampling
 from videolavit.evaluation.qa import evaluate_qa
 from videolavit.evaluation.recon import evaluate_recon
 from videolavit.evaluation.t2v import evaluate_t2v
-from videolavit.stages.common import require_path, stage_entry
+from videolavit.stages.common import stage_entry
 
 STAGE = "evaluate"
 REQUIRED = (

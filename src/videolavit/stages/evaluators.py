@@ -23,14 +23,13 @@ from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ClipDataModule
 from videolavit.data.manifest import SPLITS, read_manifest, read_meta
 from videolavit.data.shards import iter_clip_records
-from videolavit.errors import ConfigError, MissingArtifactError
+from videolavit.errors import ConfigError, MissingArtifactError, require_path
 from videolavit.metrics.frechet import FrechetVideoDistance
 from videolavit.models.evaluators import IGNORE_LABEL, CorpusCLIP, CorpusEvaluators, VideoAttributeClassifier, WordTokenizer
 from videolavit.stages.common import (
     adamw_with_cosine,
     decay_groups,
     make_trainer,
-    require_path,
     resume_checkpoint,
     stage_entry,
 )

@@ -21,8 +21,8 @@ from typing import Any, Optional, Sequence
 from omegaconf import DictConfig
 
 from videolavit import tracking
-from videolavit.errors import ConfigError
-from videolavit.stages.common import require_path, seed_everything, stage_entry
+from videolavit.errors import ConfigError, require_path
+from videolavit.stages.common import seed_everything, stage_entry
 from videolavit.stages.pretrain import (
     build_stage_lm, evaluate_loss, fit_lm, full_state_dict, print_summary, run_summary,
 )  # fmt: skip

@@ -21,10 +21,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from videolavit.errors import ConfigError
+from videolavit.errors import ConfigError, require_path
 from videolavit.models.lm import modality_loss_sums
 from videolavit.stages.common import (
-    adamw_with_cosine, checkpoint_dir, make_trainer, require_path, resume_checkpoint, seed_everything, stage_entry,
+    adamw_with_cosine, checkpoint_dir, make_trainer, resume_checkpoint, seed_everything, stage_entry,
 )  # fmt: skip
 from videolavit.vocab import Vocab
 

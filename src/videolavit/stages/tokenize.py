@@ -39,8 +39,8 @@ from videolavit.data.datamodules import read_image, resize_images
 from videolavit.data.manifest import INSTRUCT_FILE, SPLITS, read_instruct, read_manifest
 from videolavit.data.shards import clip_shard_paths, iter_clip_records
 from videolavit.data.tokens import TokenShardWriter, write_token_meta
-from videolavit.errors import ConfigError
-from videolavit.stages.common import require_path, stage_entry
+from videolavit.errors import ConfigError, require_path
+from videolavit.stages.common import stage_entry
 from videolavit.vocab import Vocab
 
 STAGE = "tokenize"
