@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from videolavit.data.datamodules import resize_images
+from videolavit.data.images import resize_images
 from videolavit.data.manifest import QA, Conversation, Sample, write_instruct, write_manifest
 from videolavit.data.shards import ClipShardWriter
 from videolavit.data.tokens import iter_token_records, read_token_meta, token_shard_paths, vocab_from_meta

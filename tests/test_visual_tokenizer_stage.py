@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from videolavit.data.datamodules import ImageDataModule, read_image, resize_images
+from videolavit.data.datamodules import ImageDataModule
+from videolavit.data.images import read_image, resize_images
 from videolavit.data.manifest import Sample, write_manifest
 from videolavit.data.shards import ClipShardWriter
 from videolavit.errors import ConfigError, MissingArtifactError

@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 
 from videolavit import tracking
 from videolavit.config import section_kwargs
-from videolavit.data.datamodules import read_image, resize_images
+from videolavit.data.images import read_image, resize_images
 from videolavit.data.manifest import INSTRUCT_FILE, SPLITS, read_instruct, read_manifest
 from videolavit.data.shards import clip_shard_paths, iter_clip_records
 from videolavit.data.tokens import TokenShardWriter, write_token_meta
