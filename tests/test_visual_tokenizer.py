@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -108,6 +109,29 @@ def test_forward_gives_variable_codes_and_trains_the_selector():
     grad = sum(p.grad.abs().sum() for p in model.selector.parameters() if p.grad is not None)
     assert grad > 0
     assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+def test_training_gradients_are_identical_from_run_to_run_with_threads():
+    """The decoder's position table is read through a one-hot product: the backward of advanced indexing
+    (``token_pos[0][positions]``, and of ``F.embedding``) accumulated repeated positions in a thread-dependent order on
+    CPU, so two identical ``dvc repro`` runs trained different visual tokenizers (and everything downstream differed)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        torch.manual_seed(0)
+        model = VisualTokenizer(**TINY).train()
+        state = copy.deepcopy(model.state_dict())  # the codebook's EMA moves with every training forward
+        images = shapes_images(32, seed=0)
+        grads = []
+        for _ in range(4):
+            model.load_state_dict(state)
+            model.zero_grad()
+            torch.manual_seed(1)  # a training forward may draw (a dead code's restart)
+            model(images)["loss"].backward()
+            grads.append(model.token_pos.grad.clone())
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
 
 
 def test_pixel_target_is_the_pixels_or_their_pooled_patches():
