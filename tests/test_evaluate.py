@@ -100,7 +100,7 @@ def test_every_required_key_is_a_finite_number_or_null_with_a_reason(evaluated):
         else:
             assert math.isfinite(value), key
     assert written["qa/metric"] == "exact_match" and "NOT comparable" in written["notes"]["qa/*"]
-    assert written["protocol"] == "tiny_v2@2+modified"
+    assert written["protocol"] == "tiny_v3@3+modified"
 
 
 def test_values_mean_what_they_say(evaluated):
@@ -133,7 +133,7 @@ def test_the_run_carries_the_tags_the_report_reads(evaluated):
     index = load_runs(tracking.tracking_uri(cfg), "evaluate-test")
     run = index.latest("evaluate")  # a main run: same motion grid as the profile, so no ablation tag
     assert run is not None and run.motion_tokens == 144
-    assert run.tags["videolavit.protocol"] == "tiny_v2@2+modified" and run.tags["videolavit.qa_metric"] == "exact_match"
+    assert run.tags["videolavit.protocol"] == "tiny_v3@3+modified" and run.tags["videolavit.qa_metric"] == "exact_match"
     assert "qa/video_acc" in run.metrics and "t2v/fvd_corpus" in run.metrics
 
 
@@ -142,7 +142,7 @@ def test_shipped_protocols_load_and_pin_sampling(tiny_cfg_factory):
     from videolavit.stages.evaluate import load_protocol, with_sampling
 
     names = sorted(p.stem for p in (CONF_DIR / "eval").glob("*.yaml"))
-    assert {"tiny_v1", "tiny_v2", "paper_v1"} <= set(names)
+    assert {"tiny_v1", "tiny_v2", "tiny_v3", "paper_v1"} <= set(names)
     for name in names:
         protocol, label = load_protocol(name)
         assert protocol.name == name and label == f"{name}@{protocol.version}"

@@ -356,7 +356,7 @@ register_section("generate", GenerateConfig)
 class EvaluateStageConfig:
     """The evaluate stage: a versioned protocol (``conf/eval/<name>.yaml``) run on every trained model."""
 
-    protocol: str = "tiny_v2"  # a file name in conf/eval/ (without .yaml) or a path to a protocol YAML
+    protocol: str = "tiny_v3"  # a file name in conf/eval/ (without .yaml) or a path to a protocol YAML
     protocol_overrides: list = field(default_factory=list)  # key=value edits of the protocol (the run is tagged so)
     qa_lm_path: Optional[str] = None  # None: <paths.models>/lm_instruct
     generation_lm_path: Optional[str] = None  # None: generate.lm_path, else <paths.models>/lm_pretrain
