@@ -83,3 +83,23 @@ def test_uri_precedence(monkeypatch, tiny_cfg_factory):
 def test_write_metrics_sorted_and_null_for_nonfinite(tiny_cfg_factory, tmp_path):
     path = write_metrics(tiny_cfg_factory(), "x", {"b": 1, "a": float("inf")})
     assert json.loads(path.read_text()) == {"a": None, "b": 1.0}
+
+
+def test_seeding_loads_no_torch_for_a_stage_without_it_and_seeds_it_when_loaded():
+    """corpus, decompose and report never import torch; seeding must not either (it costs such a stage ~2.5 s)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from videolavit.stages.common import seed_everything\n"
+        "seed_everything(3)\n"
+        "print('torch' in sys.modules)\n"
+        "import torch\n"
+        "seed_everything(3); a = torch.rand(2)\n"
+        "seed_everything(3); b = torch.rand(2)\n"
+        "torch.manual_seed(4); c = torch.rand(2)\n"
+        "print(torch.equal(a, b), torch.equal(a, c))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True", "False"]

@@ -17,8 +17,6 @@ NO_MOTION = "ablation_no_motion/"
 QA_TYPES = ("appearance", "motion", "temporal")
 
 
-
-
 @dataclass
 class QAProtocol:
     split: str = "test"

@@ -64,4 +64,3 @@ class MotionConditionEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.out_proj(self.norm(x.flatten(2, 3)))  # [B, T, N, out_dim]
-

@@ -413,9 +413,9 @@ class VisualTokenizer(nn.Module):
     # ---- decoder side ----------------------------------------------------------------------------------------------
     def _decode(self, tokens, weights, positions):
         """tokens [B, L, code_dim], weights [B, L] 0/1, positions [B, L] index in the code sequence → [B, N, T]."""
-        # A one-hot product, not token_pos[0][positions] or F.embedding: their backward (index_put / index_add)
-        # accumulates repeated positions in a thread-dependent order on CPU, so identical runs trained different
-        # weights. A matmul's backward is deterministic, and the forward is exact (one 1.0 per row).
+        # A one-hot product, not token_pos[0][positions]: the CPU backward of that advanced indexing (index_put with
+        # accumulate) adds repeated positions in a thread-dependent order, so identical runs trained different
+        # weights. A matmul's backward has no scatter at all, and the forward is exact (one 1.0 per row).
         one_hot = F.one_hot(positions, self.token_pos.shape[1]).to(self.token_pos.dtype)  # [B, L, N]
         ctx = self.token_in(tokens) + one_hot @ self.token_pos[0]  # [B, L, Dd]
         x = self.queries.expand(tokens.shape[0], -1, -1)  # [B, N, Dd]
