@@ -46,9 +46,9 @@ def test_every_route_makes_the_same_clips(bench, video):
 
 def test_clip_starts_follow_the_contract(bench):
     cfg = bench.paper_config(1)
-    # I-frames every 12 frames over 60 frames: clips at 0 and 24 (36 would need frames up to 59 and is taken: 36+24=60)
+    # I-frames every 12 frames over 60 frames: clips at 0 and 24 (36 overlaps the clip at 24; 48 has no next I-frame)
     assert bench._clip_starts([0, 12, 24, 36, 48], 60, cfg.video) == [0, 24]
-    assert bench._clip_starts([0, 12, 24, 36, 48], 59, cfg.video) == [0, 24]
+    assert bench._clip_starts([0, 12, 24, 36, 48], 47, cfg.video) == [0]  # 24 + 24 frames would pass the end
     assert bench._clip_starts([0, 13, 25, 37], 60, cfg.video) == [13]  # 0 → 13 is not a 12-frame GOP
     assert bench._clip_starts([0], 60, cfg.video) == []
 
@@ -56,19 +56,17 @@ def test_clip_starts_follow_the_contract(bench):
 def test_official_route_measures_the_motion_ours_does(bench, video, monkeypatch):
     """The as-published route's per-pixel map, 16×16 max-pooled, holds the square's known motion, and so does ours:
     (3, -1) px per source frame at 12 fps is (6, -2) px per 6-fps frame, normalized by the frame size and std / 10."""
-    import torch
-
     from videolavit.video import decompose_video
 
     cfg = bench.paper_config(1)
     captured = []
-    original = torch.nn.functional.interpolate
+    original = bench._official_pool
 
-    def spy(x, *args, **kwargs):
-        captured.append(x.clone())
-        return original(x, *args, **kwargs)
+    def spy(motion):
+        captured.append(original(motion))
+        return captured[-1]
 
-    monkeypatch.setattr(torch.nn.functional, "interpolate", spy)
+    monkeypatch.setattr(bench, "_official_pool", spy)
     bench.run_official(video, cfg)
     pooled = captured[0].numpy()  # [24, 2, rows, cols], the official's normalized motion before its bicubic resize
     assert pooled.shape[-2:] == (10, 16)  # 160×256 source → 10×16 macroblocks
