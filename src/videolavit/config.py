@@ -101,7 +101,8 @@ class VideoConfig:
     threads: int = 1  # source decoder threads per video (0: one per core); the decompose stage runs videos in parallel
     # Skip the source decoder's in-loop deblocking filter (H.264/HEVC) and allow its non-bit-exact shortcuts: lossy but
     # below the re-encode's own loss (benchmark 720p input at 576×320: 48.9 dB PSNR against the exact decode, while the
-    # MPEG-4 re-encode is 35.2 dB against its input), ~8% less CPU; off = exact. The vectors move too: mean EPE vs exact
+    # MPEG-4 re-encode is 35.2 dB against its input); off = exact. CPU on that input: 8-14% less in four of five
+    # benchmark runs, 7% more in one (a noisy shared VM). The vectors move too: mean EPE vs exact
     # 0.01-0.02 px/frame on that input, up to 0.36 px/frame (13% of the motion) on synthetic-corpus clips under the
     # paper profile, where the motion search on flat texture amplifies small pixel changes.
     fast_decode: bool = False
