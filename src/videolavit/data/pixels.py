@@ -1,4 +1,4 @@
-"""Pixels between uint8 RGB and the models' float [-1, 1] channels-first layout (one place for every stage)."""
+"""Pixel conversions shared by training, generation and evaluation: uint8 ↔ float in [-1, 1], resized as the models see."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 
-def to_unit(image: np.ndarray, size: tuple[int, int], device="cpu") -> Any:
+def to_unit(image: np.ndarray, size: tuple[int, int], device) -> Any:
     """uint8 [H, W, 3] → float [1, 3, *size] in [-1, 1] (bicubic with antialias, as the tokenizers resize)."""
     import torch
     import torch.nn.functional as F
@@ -18,8 +18,8 @@ def to_unit(image: np.ndarray, size: tuple[int, int], device="cpu") -> Any:
     return x.clamp(-1, 1).to(device)
 
 
-def frames_to_unit(frames, size: tuple[int, int]) -> Any:
-    """uint8 [B, T, H, W, 3] tensor → float [B, T, 3, *size] in [-1, 1] (resized as :func:`to_unit` does)."""
+def frames_to_unit(frames, size: tuple[int, int]):
+    """uint8 tensor [B, T, H, W, 3] → float [B, T, 3, *size] in [-1, 1] (bicubic with antialias, as ``to_unit``)."""
     import torch.nn.functional as F
 
     B, T = frames.shape[:2]
@@ -29,8 +29,8 @@ def frames_to_unit(frames, size: tuple[int, int]) -> Any:
     return x.reshape(B, T, 3, *size)
 
 
-def to_uint8(x) -> Any:
-    """A float tensor in [-1, 1] → a uint8 CPU tensor of the same layout (``.numpy()`` for an array)."""
+def to_uint8(x) -> np.ndarray:
+    """A float tensor in [-1, 1] → uint8 numpy array of the same layout."""
     import torch
 
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
