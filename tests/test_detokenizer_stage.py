@@ -185,7 +185,9 @@ class _Repeat:
 
 
 def test_video_metrics_score_frames_after_the_keyframe_against_the_static_baseline(tmp_path):
-    from videolavit.stages.detokenizer import FrozenTokenizers, evaluate, frames_to_unit
+    from videolavit.data.pixels import frames_to_unit
+    from videolavit.evaluation.recon import score_detokenizers as evaluate
+    from videolavit.stages.detokenizer import FrozenTokenizers
 
     write_tokenizers(tmp_path)
     tokenizers = FrozenTokenizers(None, MotionTokenizer.from_pretrained(tmp_path / "motion_tokenizer"))
@@ -206,7 +208,8 @@ def test_video_metrics_score_frames_after_the_keyframe_against_the_static_baseli
 
 def test_a_motion_warp_detokenizer_beats_the_static_baseline_on_moving_clips(tmp_path):
     from videolavit.models.video_detokenizer import VideoDetokenizer
-    from videolavit.stages.detokenizer import FrozenTokenizers, evaluate
+    from videolavit.evaluation.recon import score_detokenizers as evaluate
+    from videolavit.stages.detokenizer import FrozenTokenizers
 
     write_tokenizers(tmp_path)
     tokenizers = FrozenTokenizers(None, MotionTokenizer.from_pretrained(tmp_path / "motion_tokenizer"))

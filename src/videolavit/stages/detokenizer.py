@@ -36,8 +36,10 @@ from omegaconf import DictConfig
 from videolavit import tracking
 from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ClipDataModule
+from videolavit.data.pixels import frames_to_unit
 from videolavit.data.shards import iter_clip_records
 from videolavit.errors import ConfigError, MissingArtifactError, require_path
+from videolavit.evaluation.recon import score_detokenizers
 from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
 from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.video_detokenizer import VideoDetokenizer
@@ -176,24 +178,6 @@ def load_tokenizers(cfg: DictConfig, models: tuple[str, ...], need_motion: bool)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Pixels
-
-
-def frames_to_unit(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] → float [B, T, 3, *size] in [-1, 1] (bicubic with antialias, as ``generate.to_unit``)."""
-    B, T = frames.shape[:2]
-    x = frames.permute(0, 1, 4, 2, 3).flatten(0, 1).float().div(127.5).sub(1)  # [B·T, 3, H, W]
-    if tuple(x.shape[-2:]) != tuple(size):
-        x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
-    return x.reshape(B, T, 3, *size)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float in [-1, 1] → uint8, same layout."""
-    return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Training
 
 
@@ -315,87 +299,6 @@ def read_eval_clips(cfg: DictConfig) -> list[dict]:
     return records
 
 
-@torch.no_grad()
-def evaluate(
-    keyframe: Optional[KeyframeDetokenizer],
-    video: Optional[VideoDetokenizer],
-    tokenizers: FrozenTokenizers,
-    records: list[dict],
-    eval_cfg: Any,
-    seed: int,
-    device: torch.device | str = "cpu",
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """Sample-based metrics over ``records`` and the rendered videos (uint8 [N, T, H, W, 3] per row)."""
-    from videolavit.metrics.reconstruction import SSIM_KERNEL, VideoPSNR, VideoSSIM
-
-    metrics: dict[str, float] = {}
-    rows: dict[str, list[torch.Tensor]] = {}
-    bs = max(1, int(eval_cfg.batch_size))
-    kf_psnr, kf_ssim = VideoPSNR(), VideoSSIM()
-    sources = [("tokens", ""), ("true_motion", "_true_motion"), ("static_baseline", "_static_baseline")]
-    warp = video is not None and video.config.get("motion_warp", False)
-    if warp:  # what the U-Net starts from: the keyframe carried along the true motion
-        sources.append(("warp_baseline", "_warp_baseline"))
-    video_metrics = {  # metric name → (rendering scored, metric)
-        f"video_{kind}{suffix}": (source, VideoPSNR() if kind == "psnr" else VideoSSIM())
-        for source, suffix in sources
-        for kind in ("psnr", "ssim")
-    }
-    for start in range(0, len(records), bs):
-        chunk = records[start : start + bs]
-        frames_u8 = torch.from_numpy(np.stack([r["frames"] for r in chunk]))  # [B, T, Hf, Wf, 3]
-        if keyframe is not None:
-            size = tuple(keyframe.config["image_size"])
-            target = frames_to_unit(frames_u8[:, :1], size)[:, 0]  # [B, 3, H, W]
-            cond = tokenizers.keyframe_condition(torch.from_numpy(np.stack([r["keyframe"] for r in chunk])))
-            generator = torch.Generator(device=device).manual_seed(seed + start)
-            sample = keyframe.sample(
-                cond.to(device), int(eval_cfg.keyframe_steps), float(eval_cfg.keyframe_guidance), generator,
-                output_type="float",
-            ).cpu()  # fmt: skip
-            real, fake = to_uint8(target)[:, None], to_uint8(sample)[:, None]  # [B, 1, 3, H, W]
-            kf_psnr.update(fake, real)
-            if min(size) >= SSIM_KERNEL:
-                kf_ssim.update(fake, real)
-            rows.setdefault("keyframe_true", []).append(real[:, 0])
-            rows.setdefault("keyframe_sample", []).append(fake[:, 0])
-        if video is not None:
-            size = (video.config["height"], video.config["width"])
-            frames = frames_to_unit(frames_u8, size)  # [B, T, 3, H, W]
-            key = frames[:, 0].to(device)
-            motion = torch.from_numpy(np.stack([r["motion"] for r in chunk])).to(device)  # [B, 2, T, h, w]
-            real = to_uint8(frames)
-            outputs = {"static_baseline": real[:, :1].expand_as(real).contiguous()}
-            if warp:
-                outputs["warp_baseline"] = to_uint8(video.warp(key, motion))
-            for name, field in (("tokens", tokenizers.motion_from_tokens(motion)), ("true_motion", motion)):
-                # the same initial noise for both, so their difference is the motion's alone
-                generator = torch.Generator(device=device).manual_seed(seed + start)
-                out = video.sample(
-                    key, field, steps=int(eval_cfg.video_steps), max_guidance=float(eval_cfg.video_guidance),
-                    generator=generator,
-                )  # fmt: skip
-                outputs[name] = to_uint8(out)
-            for name, (source, metric) in video_metrics.items():
-                if "ssim" in name and min(size) < SSIM_KERNEL:
-                    continue
-                metric.update(outputs[source][:, 1:], real[:, 1:])  # frame 0 is the given keyframe
-            rows.setdefault("true", []).append(real)
-            for name in ("static_baseline", "tokens", "true_motion"):
-                rows.setdefault(name, []).append(outputs[name])
-    if keyframe is not None:
-        metrics["val/keyframe_psnr"] = float(kf_psnr.compute())
-        if int(kf_ssim.num_frames):
-            metrics["val/keyframe_ssim"] = float(kf_ssim.compute())
-    if video is not None:
-        for name, (_, metric) in video_metrics.items():
-            if int(metric.num_frames):
-                metrics[f"val/{name}"] = float(metric.compute())
-        metrics["val/video_psnr_gain"] = metrics["val/video_psnr"] - metrics["val/video_psnr_static_baseline"]
-    metrics["val/clips"] = float(len(records))
-    return metrics, {k: torch.cat(v).movedim(-3, -1).numpy() for k, v in rows.items()}  # channels last
-
-
 def save_samples(out_dir: Path, rendered: dict[str, np.ndarray], count: int, fps: float, step: int) -> list[Path]:
     """The video rows (truth, static, motion tokens, true motion) side by side per clip as a GIF and an MP4, and the
     keyframes (truth above sample) as a PNG."""
@@ -478,7 +381,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     device = module.device
     tokenizers.to(device)
     started = time.perf_counter()
-    metrics, rendered = evaluate(keyframe, video, tokenizers, records, stage_cfg.eval, int(cfg.seed), device)
+    metrics, rendered = score_detokenizers(keyframe, video, tokenizers, records, stage_cfg.eval, int(cfg.seed), device)
     eval_seconds = time.perf_counter() - started
     if trainer.is_global_zero:
         samples = save_samples(
