@@ -17,7 +17,7 @@ import time
 import torch
 
 from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
-from videolavit.models.long_video import next_keyframe
+from videolavit.inference.long_video import next_keyframe
 from videolavit.models.video_detokenizer import PAPER_MOTION_ENCODER, PAPER_UNET, VideoDetokenizer
 
 SDXL_UNET = {

@@ -15,7 +15,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import torch
 
-from videolavit.models.constraints import SpanLogitsProcessor, generate_span
+from videolavit.inference.constraints import SpanLogitsProcessor, generate_span
 from videolavit.models.lm import build_lm
 from videolavit.vocab import Vocab
 

@@ -9,7 +9,7 @@ import torch
 
 from videolavit.errors import ConfigError
 from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
-from videolavit.models.long_video import ddim_invert, forward_noise, generate_long_video
+from videolavit.inference.long_video import ddim_invert, forward_noise, generate_long_video
 from videolavit.models.video_detokenizer import VideoDetokenizer
 
 T = 4

@@ -28,7 +28,7 @@ def build_tiny_models(cfg, vocab: Vocab, tokenizer_dir: Path, frame_size=FRAME_S
     from videolavit.config import section_kwargs
     from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
     from videolavit.models.lm import build_lm
-    from videolavit.models.lm_inference import save_lm_checkpoint
+    from videolavit.models.lm_checkpoint import save_lm_checkpoint
     from videolavit.models.motion_tokenizer import MotionTokenizer
     from videolavit.models.text_tokenizer import load_text_tokenizer
     from videolavit.models.video_detokenizer import VideoDetokenizer
@@ -70,7 +70,7 @@ def zoo(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pipe(zoo):
-    from videolavit.generate import VideoLaVITPipeline
+    from videolavit.inference.pipeline import VideoLaVITPipeline
 
     return VideoLaVITPipeline.from_config(zoo[0])
 
@@ -81,7 +81,7 @@ def _decoded_frames(path: Path) -> list[np.ndarray]:
 
 
 def test_text_to_video_motion_span_is_exact_and_files_are_readable(zoo, pipe, tmp_path):
-    from videolavit.generate import save_video
+    from videolavit.inference.media import save_video
     from videolavit.vocab import IMAGE, MOTION, TEXT
 
     cfg, vocab, info, _ = zoo
@@ -119,7 +119,7 @@ def test_image_to_video_uses_the_image_as_first_keyframe_and_its_tokens(pipe, zo
     video = pipe.image_to_video(image, "it moves", clips=1)
     assert video.visual_codes[0] == pipe.tokenize_image(image)
     assert len(video.motion_codes[0]) == info["motion_tokens"]
-    from videolavit.generate import to_uint8, to_unit
+    from videolavit.data.pixels import to_uint8, to_unit
 
     expected = to_uint8(to_unit(image, FRAME_SIZE, "cpu")[0].permute(1, 2, 0))
     assert np.array_equal(video.keyframes[0], expected)
@@ -142,7 +142,7 @@ def test_qa_answers_about_an_image_file(zoo, tmp_path):
     from PIL import Image
 
     from videolavit.config import apply_overrides
-    from videolavit.generate import generate_cli
+    from videolavit.cli import generate_cli
 
     cfg = zoo[0]
     image = tmp_path / "frame.png"
@@ -171,7 +171,7 @@ def test_video_qa_decomposes_the_file_into_clip_tokens(pipe, zoo, tmp_path):
 
 def test_missing_models_name_the_stage_that_makes_them(zoo, tmp_path):
     from videolavit.config import apply_overrides
-    from videolavit.generate import generate_cli
+    from videolavit.cli import generate_cli
 
     cfg = zoo[0]
     empty = apply_overrides(cfg, [f"paths.models={tmp_path / 'nothing'}"])
@@ -186,11 +186,11 @@ def test_missing_models_name_the_stage_that_makes_them(zoo, tmp_path):
 
 def test_bad_requests_are_clear_errors(zoo, pipe, tmp_path):
     from videolavit.config import apply_overrides
-    from videolavit.generate import save_video
+    from videolavit.inference.media import save_video
 
     cfg = zoo[0]
     with pytest.raises(ConfigError, match="generate.task"):
-        from videolavit.generate import generate_cli
+        from videolavit.cli import generate_cli
 
         generate_cli(apply_overrides(cfg, ["generate.task=dance"]), "a red circle")
     with pytest.raises(ConfigError, match="clips"):
@@ -204,7 +204,8 @@ def test_bad_requests_are_clear_errors(zoo, pipe, tmp_path):
 
 
 def test_odd_frame_sizes_are_padded_for_h264(tmp_path):
-    from videolavit.generate import GeneratedVideo, save_video
+    from videolavit.inference.media import save_video
+    from videolavit.inference.pipeline import GeneratedVideo
 
     frames = np.full((3, 7, 9, 3), 200, dtype=np.uint8)
     video = GeneratedVideo(frames, [], [], [], [], np.zeros((1, 2, 3, 1, 1), np.float32), fps=6.0)

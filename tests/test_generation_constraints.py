@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from videolavit.models.constraints import (
+from videolavit.inference.constraints import (
     SpanLogitsProcessor,
     generate_span,
     generate_text,

@@ -151,7 +151,7 @@ def test_media_records_read_every_record_unless_a_part_is_named(toy_cfg):
 def test_batched_answers_equal_one_by_one_greedy_answers(toy_cfg):
     from videolavit.data.lm_data import load_media_records
     from videolavit.models.lm import build_lm
-    from videolavit.models.lm_inference import answer_questions
+    from videolavit.inference.qa import answer_questions
     from videolavit.models.text_tokenizer import load_text_tokenizer
     from videolavit.data.tokens import read_token_meta, vocab_from_meta
 
@@ -172,7 +172,7 @@ def test_batched_answers_equal_one_by_one_greedy_answers(toy_cfg):
 
 
 def test_instruct_smoke_reports_qa_by_type_against_chance(toy_cfg):
-    from videolavit.models.lm_inference import load_lm_checkpoint, read_lm_vocab
+    from videolavit.models.lm_checkpoint import load_lm_checkpoint, read_lm_vocab
     from videolavit.stages import instruct, pretrain
 
     pretrain.run(toy_cfg)

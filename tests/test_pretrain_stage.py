@@ -38,7 +38,7 @@ def pretrain_cfg(tiny_cfg_factory):
 
 
 def test_pretrain_smoke_writes_metrics_and_a_standalone_lm(pretrain_cfg):
-    from videolavit.models.lm_inference import load_lm_checkpoint
+    from videolavit.models.lm_checkpoint import load_lm_checkpoint
     from videolavit.stages import pretrain
 
     cfg = pretrain_cfg()

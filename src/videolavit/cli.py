@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import re
 import sys
 from typing import Optional, Sequence
 
@@ -116,12 +117,58 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "generate":
         from videolavit.config import load_config
-        from videolavit.generate import generate_cli
 
         cfg = load_config(profile=args.profile, overrides=overrides)
         print(generate_cli(cfg, args.prompt, args.out))
         return 0
     raise VideolavitError(f"unknown command {args.command}")
+
+
+def generate_cli(cfg, prompt: str, out: Optional[str] = None) -> str:
+    """``videolavit generate PROMPT [--out clip.mp4] [generate.task=...]``: writes the video (MP4 + GIF) or answers.
+
+    ``generate.task``: ``text_to_video`` (default; ``generate.clips`` > 1 makes a long video), ``image_to_video``
+    (``generate.image`` is the first frame, PROMPT may be empty) or ``qa`` (PROMPT is a question about
+    ``generate.media``, an image or a video file). Returns what to print.
+    """
+    from pathlib import Path
+
+    import torch
+
+    from videolavit.errors import ConfigError
+    from videolavit.inference.media import read_rgb, save_video
+    from videolavit.inference.pipeline import TASKS, VideoLaVITPipeline
+
+    task = str(cfg.generate.task)
+    if task not in TASKS:
+        raise ConfigError(f"generate.task must be one of {', '.join(TASKS)}, got {task!r}")
+    if cfg.compute.threads:
+        torch.set_num_threads(int(cfg.compute.threads))
+    if task == "qa":
+        if not cfg.generate.media:
+            raise ConfigError("generate.task=qa needs generate.media=<image or video file> to ask about")
+        pipe = VideoLaVITPipeline.from_config(cfg, instruct=True, detokenizers=False)
+        return pipe.answer([prompt], [pipe.media_ids(cfg.generate.media)])[0]
+    pipe = VideoLaVITPipeline.from_config(cfg)
+    clips = int(cfg.generate.clips)
+    if task == "image_to_video":
+        if not cfg.generate.image:
+            raise ConfigError("generate.task=image_to_video needs generate.image=<image file> (the first frame)")
+        video = pipe.image_to_video(read_rgb(cfg.generate.image), prompt, clips)
+    else:
+        if not prompt.strip():
+            raise ConfigError("text_to_video needs a non-empty prompt")
+        video = pipe.text_to_video(prompt, clips)
+    out = Path(out) if out else Path(cfg.paths.runs) / "generate" / f"{_slug(prompt)}.mp4"
+    written = save_video(video, out, gif=bool(cfg.generate.gif))
+    visual = sum(len(v) for v in video.visual_codes)
+    motion = sum(len(m) for m in video.motion_codes)
+    return (f"{', '.join(str(p) for p in written)}: {video.clips} clip(s), {len(video.frames)} frames at "
+            f"{video.fps:g} fps from {visual} visual + {motion} motion tokens")  # fmt: skip
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "video"
 
 
 def _is_sweep_key(override: str) -> bool:

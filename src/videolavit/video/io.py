@@ -60,3 +60,14 @@ def write_video(
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_gif(path: str | Path, frames: np.ndarray, fps: float) -> Path:
+    """uint8 [T, H, W, 3] → an animated GIF that loops."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0)
+    return path
