@@ -113,7 +113,7 @@ def test_packed_rows_hold_the_same_answers_in_fewer_rows(toy_cfg):
 
 
 def test_chance_levels_come_from_answer_families():
-    from videolavit.stages.instruct import qa_baselines
+    from videolavit.evaluation.qa import qa_baselines
 
     def conv(i, q, a, split="train", kind="appearance"):
         return Conversation(f"c{i}", f"v{i}", "video", split, [{"from": "human", "value": "<video>\n" + q},
