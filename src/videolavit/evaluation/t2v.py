@@ -46,7 +46,8 @@ def _score_t2v(results: Results, ext: Extractors, videos, captions, targets, att
 def evaluate_t2v(cfg: DictConfig, protocol: DictConfig, results: Results, pipe, ext: Extractors, out_dir: Path) -> None:
     """Clips generated from the split's captions → FVD, CLIPSIM, attribute accuracy (and the zero-motion ablation)."""
     from videolavit.data.manifest import read_manifest
-    from videolavit.generate import save_video, to_uint8
+    from videolavit.data.pixels import to_uint8
+    from videolavit.inference.media import save_video
 
     t2v = protocol.t2v
     attributes = [str(a) for a in t2v.attributes]

@@ -304,7 +304,7 @@ def save_samples(out_dir: Path, rendered: dict[str, np.ndarray], count: int, fps
     keyframes (truth above sample) as a PNG."""
     from PIL import Image
 
-    from videolavit.generate import write_gif
+    from videolavit.video.io import write_gif
 
     paths = []
     if "true" in rendered:

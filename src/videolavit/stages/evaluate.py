@@ -82,7 +82,8 @@ def run_tags(label: str, motion_tokens: int, reference: int) -> dict[str, str]:
 
 @stage_entry(STAGE)
 def run(cfg: DictConfig) -> dict:
-    from videolavit.generate import VideoLaVITPipeline, load_models
+    from videolavit.inference.loading import load_models
+    from videolavit.inference.pipeline import VideoLaVITPipeline
 
     started = time.perf_counter()
     protocol, label = load_protocol(cfg.evaluate.protocol, list(cfg.evaluate.protocol_overrides))

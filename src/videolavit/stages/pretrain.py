@@ -2,7 +2,7 @@
 sequences, next-token loss over every token (paper §3.3, Eq. 5, Table 8).
 
 ``videolavit pretrain [key=value ...]`` → ``models/lm_pretrain/`` (transformers model + text tokenizer + vocab.json,
-loadable alone with ``models.lm_inference.load_lm_checkpoint``) and ``metrics/pretrain.json`` (``val/loss`` and its
+loadable alone with ``models.lm_checkpoint.load_lm_checkpoint``) and ``metrics/pretrain.json`` (``val/loss`` and its
 text / visual / motion parts, token-weighted over the val split). ``pretrain.train.resume=auto`` continues a run.
 Scale-out: ``compute.strategy`` (or ``pretrain.train.strategy``) ``ddp`` or ``fsdp`` (the wrap unit is the model's
 decoder block, e.g. LlamaDecoderLayer), ``devices`` / ``num_nodes`` / ``precision`` from config; see README.
@@ -281,7 +281,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     """Train (or resume), save ``models/lm_pretrain``, return the final metrics."""
     from videolavit.data.lm_data import PretrainDataModule
     from videolavit.data.tokens import read_token_meta, vocab_from_meta
-    from videolavit.models.lm_inference import save_lm_checkpoint
+    from videolavit.models.lm_checkpoint import save_lm_checkpoint
 
     seed_everything(int(cfg.seed))
     meta = read_token_meta(cfg.paths.tokens)
