@@ -42,7 +42,7 @@ OPTIM = {"lr": 1e-3, "lr_other": None, "betas": [0.9, 0.95], "eps": 1e-8, "weigh
 
 def bare_loop(args, vocab: Vocab, batches: list[dict]) -> float:
     """Tokens/s of a hand-written loop doing what the LightningModule does."""
-    from videolavit.stages.pretrain import lm_optimizer
+    from videolavit.training.lm import lm_optimizer
 
     model = build_model(args, vocab).train()
     opt = lm_optimizer(model, OPTIM, len(batches))
@@ -70,8 +70,8 @@ def lightning_loop(args, vocab: Vocab, batches: list[dict]) -> float:
     from torch.utils.data import DataLoader
 
     from videolavit.config import load_config
-    from videolavit.stages.common import make_trainer
-    from videolavit.stages.pretrain import LanguageModelModule, TokenThroughput
+    from videolavit.training.lm import LanguageModelModule, TokenThroughput
+    from videolavit.training.trainer import make_trainer
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = load_config(params_file=None, overrides=[f"paths.runs={tmp}", "tracking.enabled=false",

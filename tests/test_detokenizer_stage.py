@@ -152,7 +152,8 @@ def test_bad_stage_settings_are_config_errors(tiny_cfg_factory, workspace):
 
 
 def test_tokens_condition_trains_on_the_motion_tokenizer_round_trip(tiny_cfg_factory, workspace):
-    from videolavit.stages.detokenizer import DetokenizerModule, load_tokenizers, video_kwargs
+    from videolavit.stages.detokenizer import load_tokenizers, video_kwargs
+    from videolavit.training.detokenizer import DetokenizerModule
 
     cfg = tiny_cfg_factory(*FAST)
     tokenizers = load_tokenizers(cfg, ("video",), need_motion=True)
@@ -187,7 +188,7 @@ class _Repeat:
 def test_video_metrics_score_frames_after_the_keyframe_against_the_static_baseline(tmp_path):
     from videolavit.data.pixels import frames_to_unit
     from videolavit.evaluation.recon import score_detokenizers as evaluate
-    from videolavit.stages.detokenizer import FrozenTokenizers
+    from videolavit.training.detokenizer import FrozenTokenizers
 
     write_tokenizers(tmp_path)
     tokenizers = FrozenTokenizers(None, MotionTokenizer.from_pretrained(tmp_path / "motion_tokenizer"))
@@ -209,7 +210,7 @@ def test_video_metrics_score_frames_after_the_keyframe_against_the_static_baseli
 def test_a_motion_warp_detokenizer_beats_the_static_baseline_on_moving_clips(tmp_path):
     from videolavit.models.video_detokenizer import VideoDetokenizer
     from videolavit.evaluation.recon import score_detokenizers as evaluate
-    from videolavit.stages.detokenizer import FrozenTokenizers
+    from videolavit.training.detokenizer import FrozenTokenizers
 
     write_tokenizers(tmp_path)
     tokenizers = FrozenTokenizers(None, MotionTokenizer.from_pretrained(tmp_path / "motion_tokenizer"))

@@ -179,7 +179,7 @@ def test_unknown_attribute_is_a_config_error(tmp_path, tiny_cfg_factory):
 
 def test_clip_labels_follow_each_clips_start_time(tmp_path):
     from videolavit.data.manifest import Sample, write_manifest, write_meta
-    from videolavit.stages.evaluators import ClipLabels
+    from videolavit.training.evaluators import ClipLabels
 
     write_meta(tmp_path, {"source": "synthetic", "attributes": {"shape": ["circle", "square"], "direction": ["left", "up"]}})
     clips = [{"direction": "left"}, {"direction": "up"}]

@@ -147,7 +147,7 @@ def test_tiny_default_meets_the_quality_bar(tiny_cfg_factory, tmp_path):
 def test_reconstruction_losses_match_their_definitions(tiny_cfg_factory):
     from videolavit.errors import ConfigError
     from videolavit.metrics.motion import MotionEPE
-    from videolavit.stages.motion_tokenizer import reconstruction_loss
+    from videolavit.training.motion_tokenizer import reconstruction_loss
     from videolavit.video.motion import denormalize_motion
 
     cfg = tiny_cfg_factory("tracking.enabled=false")

@@ -85,7 +85,7 @@ def test_seq_len_beyond_the_lm_positions_is_a_config_error(pretrain_cfg):
 
 def test_embedding_and_head_get_lr_other_and_norms_no_decay():
     from videolavit.models.lm import build_lm
-    from videolavit.stages.pretrain import lm_optimizer
+    from videolavit.training.lm import lm_optimizer
     from videolavit.vocab import Vocab
 
     model = build_lm(Vocab(40, 8, 8), {"hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32})
@@ -104,7 +104,7 @@ def test_paper_profile_pretrain_is_table8_with_fsdp_over_llama_decoder_layers(ti
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
     from videolavit.models.lm import build_lm
-    from videolavit.stages.pretrain import architecture, build_strategy
+    from videolavit.training.lm import architecture, build_strategy
     from videolavit.vocab import PAPER_VOCAB
 
     cfg = tiny_cfg_factory(profile="paper")

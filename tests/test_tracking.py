@@ -7,7 +7,7 @@ import json
 import pytest
 
 from videolavit import tracking
-from videolavit.stages.common import stage_entry, write_metrics
+from videolavit.runner import stage_entry, write_metrics
 
 
 def test_stage_entry_opens_one_run_with_params_tags_and_metrics(tiny_cfg_factory, tmp_path, monkeypatch):
@@ -92,7 +92,7 @@ def test_seeding_loads_no_torch_for_a_stage_without_it_and_seeds_it_when_loaded(
 
     code = (
         "import sys\n"
-        "from videolavit.stages.common import seed_everything\n"
+        "from videolavit.runner import seed_everything\n"
         "seed_everything(3)\n"
         "print('torch' in sys.modules)\n"
         "import torch\n"

@@ -118,7 +118,7 @@ class StopAt:
 def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_cfg_factory, tmp_path):
     from safetensors.torch import load_file
 
-    from videolavit.stages import common, visual_tokenizer
+    from videolavit.stages import visual_tokenizer
 
     write_inputs(tmp_path)
     make = lambda name, *o: tiny_cfg_factory(  # noqa: E731
@@ -126,8 +126,7 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_cfg_factory, tmp_
         f"paths.runs={tmp_path / name / 'runs'}", f"paths.metrics={tmp_path / name / 'metrics'}", *o,
     )  # fmt: skip
     whole = visual_tokenizer.run(make("whole"))
-    with common.extra_callbacks([StopAt(2)]):
-        first = visual_tokenizer.run(make("parts"))
+    first = visual_tokenizer.fit(make("parts"), callbacks=[StopAt(2)])
     assert first["global_step"] == 2
     resumed = visual_tokenizer.run(make("parts", "visual_tokenizer.train.resume=auto"))
     assert resumed["global_step"] == whole["global_step"] == 4

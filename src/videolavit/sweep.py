@@ -19,8 +19,10 @@ import yaml
 from omegaconf import DictConfig
 
 from videolavit import tracking
-from videolavit.config import CONF_DIR, apply_overrides, parse_overrides
+from videolavit.config import apply_overrides, parse_overrides
 from videolavit.errors import ConfigError
+from videolavit.runner import run_stage
+from videolavit.sweep_spec import load_sweep_spec
 
 SWEEP_OPTIONS = {
     "trials": 8,
@@ -30,18 +32,6 @@ SWEEP_OPTIONS = {
     "pruning": True,
     "out": "sweeps",
 }
-
-
-def load_sweep_spec(stage: str) -> dict:
-    path = CONF_DIR / "sweep" / f"{stage}.yaml"
-    if not path.is_file():
-        valid = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
-        raise ConfigError(f"no sweep is defined for '{stage}' (conf/sweep/{stage}.yaml). Sweepable: {', '.join(valid)}")
-    spec = yaml.safe_load(path.read_text())
-    for key in ("space", "objective", "objectives"):
-        if key not in spec:
-            raise ConfigError(f"conf/sweep/{stage}.yaml lacks '{key}'")
-    return spec
 
 
 def _sample(trial, space: dict) -> dict[str, Any]:
@@ -72,30 +62,11 @@ def _overrides(values: dict[str, Any]) -> list[str]:
     return [f"{k}={json.dumps(v)}" for k, v in values.items()]
 
 
-class PruningCallback:
-    """Reports the monitored metric to Optuna after each validation and stops a trial the pruner gives up on."""
-
-    def __new__(cls, trial, monitor: str):
-        import lightning as L
-        import optuna
-
-        class _Callback(L.Callback):
-            def on_validation_end(self, trainer, pl_module):
-                if trainer.sanity_checking or monitor not in trainer.callback_metrics:
-                    return
-                value = float(trainer.callback_metrics[monitor])
-                trial.report(value, step=trainer.global_step)
-                if trial.should_prune():
-                    raise optuna.TrialPruned(f"pruned at step {trainer.global_step}: {monitor}={value:.4f}")
-
-        return _Callback()
-
-
 def run_sweep(stage: str, base_cfg: DictConfig, options: Sequence[str] = ()) -> dict:
     """Run (or join) a study; returns the best parameters (single) or the Pareto front (multi)."""
     import optuna
 
-    from videolavit.stages import common
+    from videolavit.training.callbacks import PruningCallback
 
     opts = {**SWEEP_OPTIONS, **parse_overrides(options)}
     unknown = set(opts) - set(SWEEP_OPTIONS)
@@ -130,8 +101,7 @@ def run_sweep(stage: str, base_cfg: DictConfig, options: Sequence[str] = ()) -> 
         tags = {"optuna.study": study_name, "optuna.trial": trial.number, "optuna.mode": opts["mode"]}
         with tracking.start_run(cfg, stage, tags=tags) as run:
             run.log_params({f"trial.{k}": v for k, v in values.items()})
-            with common.extra_callbacks(callbacks):
-                metrics = stage_module.run(cfg)
+            metrics = run_stage(cfg, stage, lambda: stage_module.fit(cfg, callbacks=callbacks))
         results = []
         for name in objectives:
             if name not in metrics or metrics[name] is None or not math.isfinite(float(metrics[name])):
@@ -165,6 +135,8 @@ def _summarize(study, spec: dict, objectives: list[str], multi: bool, out: Path)
     elif multi:
         front = study.best_trials
         summary["pareto_front"] = [{"trial": t.number, "values": dict(zip(objectives, t.values)), "params": t.params} for t in front]
+        from videolavit.report.pareto import pareto_plot
+
         summary["pareto_plot"] = str(pareto_plot(done, front, objectives, out / "pareto.png"))
     else:
         best = study.best_trial
@@ -173,26 +145,3 @@ def _summarize(study, spec: dict, objectives: list[str], multi: bool, out: Path)
     best_path.write_text(yaml.safe_dump(summary, sort_keys=False))
     summary["best_file"] = str(best_path)
     return summary
-
-
-def pareto_plot(trials, front, objectives: list[str], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
-    ax.scatter([t.values[1] for t in trials], [t.values[0] for t in trials], c="lightgray", label="trials")
-    pts = sorted((t.values[1], t.values[0]) for t in front)
-    ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", c="tab:red", label="Pareto front")
-    for t in front:
-        ax.annotate(f"#{t.number}", (t.values[1], t.values[0]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel(objectives[1])
-    ax.set_ylabel(objectives[0])
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path

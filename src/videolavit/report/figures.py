@@ -7,6 +7,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable, Optional, Sequence
 
+from videolavit.report.pareto import pareto_front, pareto_plot
 from videolavit.report.runs import RunIndex, RunRecord, metric_history
 
 History = Callable[[str, str], list[tuple[int, float]]]  # (run_id, key) → [(step, value)]
@@ -50,22 +51,10 @@ def training_curves(run: RunRecord, history: History, out: Path, limit: int = 6)
     return out
 
 
-def pareto_front(points: Sequence[tuple[float, ...]]) -> list[int]:
-    """Indices of the points no other point dominates (every objective minimized)."""
-    front = []
-    for i, p in enumerate(points):
-        dominated = any(
-            all(a <= b for a, b in zip(q, p)) and any(a < b for a, b in zip(q, p)) for j, q in enumerate(points) if j != i
-        )
-        if not dominated:
-            front.append(i)
-    return front
-
-
 def sweep_pareto(index: RunIndex, out_dir: Path) -> Optional[Path]:
     """The Pareto plot of the latest multi-objective study, recomputed from its trial runs' metrics."""
     from videolavit.errors import ConfigError
-    from videolavit.sweep import load_sweep_spec, pareto_plot
+    from videolavit.sweep_spec import load_sweep_spec
 
     study, trials = index.latest_study("multi")
     if not trials:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from videolavit import tracking
 from videolavit.data.manifest import INSTRUCT_FILE, META_FILE, MISSING_FILE, SPLITS
 from videolavit.errors import ConfigError
-from videolavit.stages.common import stage_entry
+from videolavit.runner import stage_entry
 
 CORPUS_ENTRIES = (META_FILE, INSTRUCT_FILE, MISSING_FILE, *(f"{s}.jsonl" for s in SPLITS), "videos", "images")
 

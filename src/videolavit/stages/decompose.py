@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from videolavit.data.shards import SPLITS, ClipShardWriter, clip_key
 from videolavit.errors import ConfigError, VideolavitError, require_path
-from videolavit.stages.common import stage_entry
+from videolavit.runner import stage_entry
 
 _WORKER_CFG: Optional[DictConfig] = None
 

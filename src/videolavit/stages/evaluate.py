@@ -32,7 +32,7 @@ from videolavit.evaluation.protocol import NO_MOTION, QA_TYPES, Results, load_pr
 from videolavit.evaluation.qa import evaluate_qa
 from videolavit.evaluation.recon import evaluate_recon
 from videolavit.evaluation.t2v import evaluate_t2v
-from videolavit.stages.common import stage_entry
+from videolavit.runner import stage_entry
 
 STAGE = "evaluate"
 REQUIRED = (

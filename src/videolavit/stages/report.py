@@ -20,7 +20,7 @@ from videolavit.report.figures import make_figures
 from videolavit.report.render import to_latex, to_markdown
 from videolavit.report.runs import RunIndex, load_runs
 from videolavit.report.tables import build_tables
-from videolavit.stages.common import stage_entry
+from videolavit.runner import stage_entry
 
 STAGE = "report"
 

@@ -40,7 +40,7 @@ from videolavit.data.manifest import INSTRUCT_FILE, SPLITS, read_instruct, read_
 from videolavit.data.shards import clip_shard_paths, iter_clip_records
 from videolavit.data.tokens import TokenShardWriter, write_token_meta
 from videolavit.errors import ConfigError, require_path
-from videolavit.stages.common import stage_entry
+from videolavit.runner import stage_entry
 from videolavit.vocab import Vocab
 
 STAGE = "tokenize"

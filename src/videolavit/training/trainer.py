@@ -1,0 +1,110 @@
+"""The Lightning trainer every training stage uses, its checkpoint folder, and exact resume of the global RNG."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig
+
+from videolavit import tracking
+from videolavit.errors import ConfigError
+
+
+def checkpoint_dir(cfg: DictConfig, stage: str) -> Path:
+    return Path(cfg.paths.runs) / stage / "checkpoints"
+
+
+def resume_checkpoint(cfg: DictConfig, stage: str, resume: str) -> Optional[str]:
+    """``never`` → None; ``auto`` → ``runs/<stage>/checkpoints/last.ckpt`` if present; else a path that must exist."""
+    if resume in (None, "", "never", "false", False):
+        return None
+    if resume == "auto":
+        last = checkpoint_dir(cfg, stage) / "last.ckpt"
+        return str(last) if last.is_file() else None
+    if not Path(resume).is_file():
+        raise ConfigError(f"{stage}.train.resume: checkpoint '{resume}' does not exist (use 'auto' or 'never')")
+    return str(resume)
+
+
+def make_trainer(
+    cfg: DictConfig,
+    stage: str,
+    train_cfg: Any,
+    callbacks: Optional[list] = None,
+    enable_progress_bar: Optional[bool] = None,
+    **overrides: Any,
+):
+    """A Lightning Trainer wired to the active MLflow run and to ``runs/<stage>/checkpoints`` (``last.ckpt``)."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(
+        dirpath=str(checkpoint_dir(cfg, stage)),
+        filename="step{step}",
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=int(train_cfg.checkpoint_every_n_steps),
+        save_on_train_epoch_end=False,
+    )
+    loggers: list = []
+    run = tracking.active()
+    if run.enabled:
+        from lightning.pytorch.loggers import MLFlowLogger
+
+        loggers.append(MLFlowLogger(tracking_uri=run.uri, run_id=run.run_id, experiment_name=cfg.tracking.experiment))
+    if enable_progress_bar is None:
+        enable_progress_bar = os.environ.get("CI") is None and os.isatty(2)
+    kwargs = dict(
+        accelerator=cfg.compute.accelerator,
+        devices=cfg.compute.devices,
+        num_nodes=cfg.compute.num_nodes,
+        strategy=train_cfg.strategy or cfg.compute.strategy,
+        precision=train_cfg.precision or cfg.compute.precision,
+        max_steps=int(train_cfg.max_steps),
+        accumulate_grad_batches=int(getattr(train_cfg, "accumulate_grad_batches", 1) or 1),
+        max_epochs=-1,
+        # Lightning counts val_check_interval in batches; the config counts optimizer steps.
+        val_check_interval=int(train_cfg.val_every_n_steps) * int(getattr(train_cfg, "accumulate_grad_batches", 1) or 1),
+        check_val_every_n_epoch=None,
+        limit_val_batches=train_cfg.val_batches if train_cfg.val_batches is not None else 1.0,
+        log_every_n_steps=int(train_cfg.log_every_n_steps),
+        gradient_clip_val=float(getattr(getattr(cfg, stage).optim, "grad_clip", 0.0) or 0.0) or None,
+        callbacks=[ckpt, *(callbacks or [])],
+        logger=loggers or False,
+        enable_progress_bar=enable_progress_bar,
+        enable_model_summary=False,
+        default_root_dir=str(Path(cfg.paths.runs) / stage),
+        deterministic=False,
+        num_sanity_val_steps=0,
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+class ResumableRNG:
+    """LightningModule mixin: checkpoints carry the global torch RNG (and CUDA's), restored before the first batch
+    after a resume, so that noise, dropout and dead-code restarts draw what an uninterrupted run would have drawn.
+    List it before ``L.LightningModule``; an override of ``on_save_checkpoint`` calls ``super()``."""
+
+    _rng_to_restore: Optional[dict] = None
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        import torch
+
+        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("rng_state")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        import torch
+
+        if self._rng_to_restore is not None:
+            torch.set_rng_state(self._rng_to_restore["torch"])
+            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+            self._rng_to_restore = None
