@@ -71,12 +71,10 @@ def build_extractors(cfg: DictConfig, protocol: DictConfig) -> Extractors:
     return out
 
 
-def feed_real_clips(ext: Extractors, clips_dir, split: str, limit: Optional[int], batch: int = 32) -> int:
-    """Stream the split's clips (at most ``limit``) into the FVD's real side; returns how many went in."""
+def feed_clips(fvd, clips_dir, split: str, limit: Optional[int], batch: int = 32, real: bool = True) -> int:
+    """Stream the split's clip frames (at most ``limit``) into one side of ``fvd``; returns how many went in."""
     from videolavit.data.shards import iter_clip_records
 
-    if ext.fvd is None:
-        return 0
     count, chunk = 0, []
     for record in iter_clip_records(clips_dir, split, fields=("frames",)):
         if limit is not None and count >= limit:
@@ -86,10 +84,18 @@ def feed_real_clips(ext: Extractors, clips_dir, split: str, limit: Optional[int]
         chunk.append(record["frames"])
         count += 1
         if len(chunk) == batch:
-            ext.fvd.update(_cthw(np.stack(chunk)), real=True)
+            fvd.update(_cthw(np.stack(chunk)), real=real)
             chunk = []
     if chunk:
-        ext.fvd.update(_cthw(np.stack(chunk)), real=True)
+        fvd.update(_cthw(np.stack(chunk)), real=real)
+    return count
+
+
+def feed_real_clips(ext: Extractors, clips_dir, split: str, limit: Optional[int], batch: int = 32) -> int:
+    """Stream the split's clips (at most ``limit``) into the FVD's real side; returns how many went in."""
+    if ext.fvd is None:
+        return 0
+    count = feed_clips(ext.fvd, clips_dir, split, limit, batch)
     if count < 2:
         ext.reasons[ext.fvd_key], ext.fvd = f"FVD needs ≥ 2 real '{split}' clips with frames, found {count}", None
     return count

@@ -39,6 +39,7 @@ from videolavit.data.images import read_image, resize_images
 from videolavit.data.manifest import INSTRUCT_FILE, SPLITS, read_instruct, read_manifest
 from videolavit.data.shards import clip_shard_paths, iter_clip_records
 from videolavit.data.tokens import TokenShardWriter, write_token_meta
+from videolavit.artifacts import artifact
 from videolavit.errors import ConfigError, require_path
 from videolavit.runner import stage_entry
 from videolavit.vocab import Vocab
@@ -129,11 +130,8 @@ class MediaTokenizer:
         from videolavit.models.motion_tokenizer import MotionTokenizer
         from videolavit.models.visual_tokenizer import VisualTokenizer
 
-        models = Path(cfg.paths.models)
-        visual = require_path(cfg.tokenize.visual_tokenizer_path or models / "visual_tokenizer", "visual tokenizer",
-                              "Train it with `videolavit visual_tokenizer` (or set tokenize.visual_tokenizer_path).")  # fmt: skip
-        motion = require_path(cfg.tokenize.motion_tokenizer_path or models / "motion_tokenizer", "motion tokenizer",
-                              "Train it with `videolavit motion_tokenizer` (or set tokenize.motion_tokenizer_path).")  # fmt: skip
+        visual = artifact(cfg, "visual_tokenizer", "tokenize.visual_tokenizer_path")
+        motion = artifact(cfg, "motion_tokenizer", "tokenize.motion_tokenizer_path")
         self.visual = VisualTokenizer.from_pretrained(visual).to(device).eval()
         self.motion = MotionTokenizer.from_pretrained(motion).to(device).eval()
         self.paths = {"visual_tokenizer": str(visual), "motion_tokenizer": str(motion)}
