@@ -34,7 +34,8 @@ from videolavit import tracking
 from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ClipDataModule
 from videolavit.data.shards import iter_clip_records
-from videolavit.errors import ConfigError, MissingArtifactError, require_path
+from videolavit.artifacts import artifact, artifact_dir
+from videolavit.errors import ConfigError, MissingArtifactError
 from videolavit.evaluation.recon import score_detokenizers
 from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.visual_tokenizer import VisualTokenizer
@@ -113,21 +114,14 @@ def keyframe_kwargs(cfg: DictConfig, cond_dim: int) -> dict:
 
 
 def load_tokenizers(cfg: DictConfig, models: tuple[str, ...], need_motion: bool) -> FrozenTokenizers:
-    root = Path(cfg.paths.models)
     visual = motion = None
     if "keyframe" in models:
-        path = require_path(
-            cfg.detokenizer.visual_tokenizer_path or root / "visual_tokenizer",
-            "the visual tokenizer (the keyframe detokenizer's condition)",
-            "Train it with `videolavit visual_tokenizer` or set detokenizer.visual_tokenizer_path.",
-        )
+        path = artifact(cfg, "visual_tokenizer", "detokenizer.visual_tokenizer_path",
+                        what="the visual tokenizer (the keyframe detokenizer's condition)")  # fmt: skip
         visual = VisualTokenizer.from_pretrained(path)
     if need_motion:
-        path = require_path(
-            cfg.detokenizer.motion_tokenizer_path or root / "motion_tokenizer",
-            "the motion tokenizer (motion tokens for the video detokenizer)",
-            "Train it with `videolavit motion_tokenizer` or set detokenizer.motion_tokenizer_path.",
-        )
+        path = artifact(cfg, "motion_tokenizer", "detokenizer.motion_tokenizer_path",
+                        what="the motion tokenizer (motion tokens for the video detokenizer)")  # fmt: skip
         motion = MotionTokenizer.from_pretrained(path)
     return FrozenTokenizers(visual, motion)
 
@@ -225,7 +219,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
     train_seconds = time.perf_counter() - started
 
-    out_dir = Path(cfg.paths.models) / STAGE
+    out_dir = artifact_dir(cfg, STAGE)
     keyframe = module.keyframe.eval() if module.keyframe is not None else None
     video = module.video.eval() if module.video is not None else None
     if trainer.is_global_zero:

@@ -13,18 +13,16 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-import torch
 from omegaconf import DictConfig
 
 from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ClipDataModule
-from videolavit.data.shards import iter_clip_records
 from videolavit.errors import ConfigError, MissingArtifactError, require_path
 from videolavit.evaluation.extractors import feed_clips
 from videolavit.metrics.frechet import FrechetVideoDistance
 from videolavit.models.evaluators import CorpusEvaluators, VideoAttributeClassifier, WordTokenizer
 from videolavit.runner import stage_entry
-from videolavit.training.evaluators import ClipLabels, EvaluatorsModule, as_videos, evaluate
+from videolavit.training.evaluators import ClipLabels, EvaluatorsModule, evaluate
 from videolavit.training.trainer import make_trainer, resume_checkpoint
 
 STAGE = "evaluators"
