@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
-from videolavit.config import CONF_DIR, PROFILES, load_config, parse_overrides, to_flat_dict
+from videolavit.config import CONF_DIR, PROFILES, apply_overrides, load_config, parse_overrides, to_flat_dict
 from videolavit.errors import ConfigError
 
 
@@ -28,7 +29,7 @@ def test_paper_profile_has_the_paper_decomposition_sizes():
 
 
 def test_tiny_recipes_do_not_leak_into_the_paper_profile():
-    # conf/stage/*.yaml hold the tiny CPU recipes and merge before the profile: the paper profile must undo them
+    # the tiny CPU recipes live in conf/profile/tiny.yaml only; the paper profile is the schemas' values
     tiny, paper = load_config(params_file=None), load_config(profile="paper", params_file=None)
     recipes = {
         "detokenizer.video.keyframe_skip": (True, False),
@@ -101,9 +102,103 @@ def test_shipped_params_yaml_is_valid():
     assert cfg.profile in PROFILES
 
 
-def test_every_shipped_yaml_parses():
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _schema_values() -> dict:
+    from videolavit.config import _schema
+
+    return _flat(OmegaConf.to_container(_schema(), resolve=False))
+
+
+def _yaml(path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(path), resolve=False) or {}
+
+
+def test_paper_profile_is_the_schema_plus_paper_yaml_for_every_key():
+    # one home per default: nothing but base.yaml and paper.yaml sits between the paper schemas and the paper profile
+    expected = OmegaConf.merge(
+        _unflatten(_schema_values()),
+        _yaml(CONF_DIR / "base.yaml"),
+        _yaml(CONF_DIR / "profile" / "paper.yaml"),
+    )
+    expected = _flat(OmegaConf.to_container(expected, resolve=False))
+    actual = _flat(OmegaConf.to_container(load_config(profile="paper", params_file=None), resolve=False))
+    actual.pop("profile"), actual.pop("stage"), expected.pop("profile")
+    assert set(actual) == set(expected)
+    differing = {key: (expected[key], actual[key]) for key in expected if expected[key] != actual[key]}
+    assert differing == {}
+
+
+def _unflatten(flat: dict) -> dict:
+    tree: dict = {}
+    for dotted, value in flat.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profile_files_set_only_schema_keys_and_never_repeat_a_schema_value(profile):
+    # a key a profile sets to the schema's own value is a second home of that default (it would silently stay behind
+    # when the schema changes); a key the schema lacks is a typo
+    schema = _schema_values()
+    values = _flat(_yaml(CONF_DIR / "profile" / f"{profile}.yaml"))
+    assert values, profile
+    unknown = sorted(key for key in values if key not in schema)
+    repeated = sorted(key for key, value in values.items() if key in schema and schema[key] == value)
+    assert (unknown, repeated) == ([], [])
+
+
+def test_no_config_layer_besides_base_and_the_profiles():
+    # the loader merges schema → base → profile → params → CLI: a stray folder of YAML merged before the profile
+    # is how tiny recipes leaked into the paper profile
+    layers = {path.relative_to(CONF_DIR).parts[0] for path in CONF_DIR.rglob("*.yaml")}
+    assert layers == {"base.yaml", "paper_results.yaml", "profile", "eval", "sweep"}
+
+
+def test_every_shipped_yaml_validates_against_its_schema():
+    from videolavit.config import _check_keys, _schema
+    from videolavit.evaluation.protocol import load_protocol
+    from videolavit.metrics.paper_results import load_paper_results, paper_cells
+
+    tiny = load_config(params_file=None)
+    checked = []
     for path in sorted(CONF_DIR.rglob("*.yaml")):
-        assert OmegaConf.load(path) is not None or path.stat().st_size == 0, path
+        kind = path.relative_to(CONF_DIR).parts[0]
+        if kind in ("base.yaml", "profile"):
+            _check_keys(_schema(), _yaml(path), str(path))  # raises ConfigError on an unknown key
+        elif kind == "eval":
+            protocol, label = load_protocol(str(path))
+            assert label == f"{protocol.name}@{protocol.version}", path
+        elif kind == "sweep":
+            spec = _yaml(path)
+            assert spec["objective"] in spec["objectives"], path
+            keys = dict(spec.get("fixed") or {})
+            for key, dist in spec["space"].items():
+                choices = dist.get("choices")
+                if dist.get("expand"):
+                    for choice in choices.values():
+                        keys.update(choice)
+                else:
+                    keys[key] = choices[0] if isinstance(choices, list) else dist.get("low")
+            apply_overrides(tiny, [f"{key}={json.dumps(value)}" for key, value in keys.items()], str(path))
+        elif kind == "paper_results.yaml":
+            assert paper_cells(load_paper_results(path)), path
+        else:
+            pytest.fail(f"{path}: a shipped YAML this test does not know how to validate")
+        checked.append(path)
+    assert len(checked) >= 10
 
 
 def test_overrides_parse_lists_and_nesting():

@@ -1,9 +1,11 @@
 """Configuration: typed schemas and the merge order every stage uses.
 
-Merge order (later wins): schema defaults → ``conf/base.yaml`` → ``conf/stage/*.yaml`` → ``conf/profile/<profile>.yaml``
-→ ``params.yaml`` (the keys DVC tracks; ``null`` there keeps the profile's value) → CLI ``key=value`` overrides.
+Merge order (later wins): schema defaults (the paper's values) → ``conf/base.yaml`` (paths, tracking: every profile)
+→ ``conf/profile/<profile>.yaml`` → ``params.yaml`` (the keys DVC tracks; ``null`` there keeps the profile's value)
+→ CLI ``key=value`` overrides.
 
-Stage files come *before* the profile so that a profile (``paper``) can override any stage default; see README.
+Each default has one home: a hyperparameter's paper value in its schema, its tiny CPU recipe in ``profile/tiny.yaml``;
+``profile/paper.yaml`` only adds the cluster's hardware and data, so it never undoes a tiny value (tests/test_config.py).
 Every key is checked against the schema: an unknown key raises :class:`ConfigError` listing the valid keys there.
 """
 
@@ -289,8 +291,6 @@ def load_config(
 
     cfg = _schema()
     cfg = _merge(cfg, _read_yaml(CONF_DIR / "base.yaml"), "conf/base.yaml")
-    for stage_file in sorted((CONF_DIR / "stage").glob("*.yaml")):
-        cfg = _merge(cfg, _read_yaml(stage_file), f"conf/stage/{stage_file.name}")
     profile_path = Path(str(profile)) if Path(str(profile)).is_file() else CONF_DIR / "profile" / f"{profile}.yaml"
     cfg = _merge(cfg, _read_yaml(profile_path), f"profile '{profile}'")
     if params:

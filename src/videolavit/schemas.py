@@ -1,4 +1,8 @@
-"""Typed config sections of the training and inference stages (registered into the schema of ``config.py``)."""
+"""Typed config sections of the training and inference stages (registered into the schema of ``config.py``).
+
+Every default is the paper profile's value (paper Table 8, appendix A.1, the official code); the tiny CPU recipe is
+``conf/profile/tiny.yaml`` and nowhere else. A section shared by several stages gets its per-stage paper values
+through ``default_factory``."""
 
 from __future__ import annotations
 
@@ -54,7 +58,9 @@ class MotionTokenizerModelConfig:
     codebook_size: int = 1024
     ema_decay: float = 0.995
     kmeans_init: bool = True
-    dead_code_threshold: float = 2.0  # EMA uses per step below which a code restarts; keep ≪ batch·tokens/codebook
+    # EMA uses per step below which a code restarts; keep ≪ batch·tokens/codebook. Not in the paper: 8 clips × 135
+    # tokens per device step over 1024 codes is ~1 use per code, so 2.0 would restart nearly every code every step.
+    dead_code_threshold: float = 0.1
     commitment_weight: float = 0.25
     attention: str = "factorized"  # factorized (paper: spatial then temporal) | joint (one attention over T·H·W)
 
@@ -66,7 +72,8 @@ class MotionTokenizerStageConfig:
     # EPE term pulls the many still macroblocks to exactly zero, which MSE alone blurs) | epe (EPE alone)
     loss: str = "mse"
     optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    # per device: 64 GPUs × 8 = the paper's global 512
+    train: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(precision="bf16-mixed"))
 
 
 register_section("motion_tokenizer", MotionTokenizerStageConfig)
@@ -76,10 +83,10 @@ register_section("motion_tokenizer", MotionTokenizerStageConfig)
 class EvaluatorClassifierConfig:
     """The corpus video classifier: one head per attribute; its penultimate features are the corpus FVD extractor."""
 
-    input_size: Optional[list] = None  # [H, W] frames are resized to; None: [video.frames_height, video.frames_width]
-    patch: int = 4  # stem patch (px): 3 frames × patch × patch per stem position
-    channels: list = field(default_factory=lambda: [32, 64, 128])
-    feature_dim: int = 128  # FVD feature size
+    input_size: Optional[list] = field(default_factory=lambda: [160, 288])  # [H, W]; None: the clip frames' size
+    patch: int = 8  # stem patch (px): 3 frames × patch × patch per stem position
+    channels: list = field(default_factory=lambda: [64, 128, 256, 512])
+    feature_dim: int = 256  # FVD feature size
     dropout: float = 0.1
 
 
@@ -87,15 +94,15 @@ class EvaluatorClassifierConfig:
 class EvaluatorCLIPConfig:
     """The corpus CLIP: word-level text transformer + frame encoder, contrastive (CLIPSIM proxy)."""
 
-    image_size: Optional[list] = None  # None: [video.frames_height, video.frames_width]
-    patch: int = 4
-    image_channels: list = field(default_factory=lambda: [32, 64, 128])
-    embed_dim: int = 128
-    text_dim: int = 128
-    text_layers: int = 2
-    text_heads: int = 4
-    max_words: int = 64
-    min_word_count: int = 1  # words rarer than this in the train captions become <unk>
+    image_size: Optional[list] = field(default_factory=lambda: [160, 288])  # None: [video.frames_height, frames_width]
+    patch: int = 8
+    image_channels: list = field(default_factory=lambda: [64, 128, 256, 512])
+    embed_dim: int = 256
+    text_dim: int = 256
+    text_layers: int = 4
+    text_heads: int = 8
+    max_words: int = 77
+    min_word_count: int = 5  # words rarer than this in the train captions become <unk>
     eval_frames: int = 4  # frames per clip averaged into the clip embedding for validation retrieval
 
 
@@ -106,8 +113,8 @@ class EvaluatorsStageConfig:
     attributes: Optional[list] = None  # None: every attribute listed in the corpus meta.json
     classifier: EvaluatorClassifierConfig = field(default_factory=EvaluatorClassifierConfig)
     clip: EvaluatorCLIPConfig = field(default_factory=EvaluatorCLIPConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=3e-4, weight_decay=0.01, warmup_steps=500))
+    train: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(max_steps=20_000, batch_size=64))
 
 
 register_section("evaluators", EvaluatorsStageConfig)
@@ -129,15 +136,17 @@ register_section("report", ReportStageConfig)
 
 @dataclass
 class LMArchitectureConfig:
-    """transformers config keys of an LM built from scratch (ignored when ``lm.model.pretrained_path`` is set)."""
+    """transformers config keys of an LM built from scratch (ignored when ``lm.model.pretrained_path`` is set).
+
+    Llama-2-7B's shapes: used when building without a checkpoint (e.g. on meta for ``videolavit plan``)."""
 
     model_type: str = "llama"
-    hidden_size: int = 128
-    num_hidden_layers: int = 2
-    num_attention_heads: int = 4
-    num_key_value_heads: Optional[int] = None  # None: = num_attention_heads
-    intermediate_size: int = 352
-    max_position_embeddings: int = 1024
+    hidden_size: int = 4096
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32
+    num_key_value_heads: Optional[int] = 32  # None: = num_attention_heads
+    intermediate_size: int = 11008
+    max_position_embeddings: int = 4096
     rms_norm_eps: float = 1e-5
     hidden_act: str = "silu"
     tie_word_embeddings: bool = False
@@ -150,8 +159,10 @@ class LMModelConfig:
 
     pretrained_path: Optional[str] = None
     config: LMArchitectureConfig = field(default_factory=LMArchitectureConfig)
-    dtype: Optional[str] = None  # float32 | bfloat16 | float16; None: the checkpoint's / float32
-    noise_scale: float = 0.01
+    # float32 | bfloat16 | float16; None: the checkpoint's / float32. Paper: fp32 master weights sharded by FSDP,
+    # compute in bf16 (precision bf16-mixed)
+    dtype: Optional[str] = "float32"
+    noise_scale: float = 0.01  # new rows at the mean of Llama's rows (+ small noise): text predictions barely move
 
 
 @dataclass
@@ -228,8 +239,17 @@ class PretrainStageConfig:
     both_orders: bool = True  # each pair as [media, caption] and as [caption, media]
     text_files: list = field(default_factory=list)  # local .txt (blank-line separated) or .jsonl {"text"} files
     pack_lookahead: int = 64  # pending samples the packer searches for one that fills a window's rest
-    optim: LMOptimConfig = field(default_factory=LMOptimConfig)
-    train: LMTrainLoopConfig = field(default_factory=LMTrainLoopConfig)
+    # [P T8] "Language Model" column; mixture ratios are not published
+    optim: LMOptimConfig = field(
+        default_factory=lambda: LMOptimConfig(lr=2e-5, lr_other=5e-5, betas=[0.9, 0.95], weight_decay=0.1, warmup_steps=2000)
+    )
+    # per GPU: 16 nodes × 8 GPUs × 4 × 4 accumulated = 2048 sequences [P T8]
+    train: LMTrainLoopConfig = field(
+        default_factory=lambda: LMTrainLoopConfig(
+            max_steps=30_000, batch_size=4, accumulate_grad_batches=4, devices=8, num_nodes=16, strategy="fsdp",
+            precision="bf16-mixed", checkpoint_every_n_steps=500,
+        )
+    )
 
 
 register_section("pretrain", PretrainStageConfig)
@@ -241,7 +261,7 @@ class InstructEvalConfig:
 
     split: str = "test"
     max_questions: Optional[int] = None  # None: all; else a seeded sample stratified by type
-    batch_size: int = 16
+    batch_size: int = 32
     max_new_tokens: int = 8
 
 
@@ -252,8 +272,20 @@ class InstructStageConfig:
     init_from: Optional[str] = None  # None: <paths.models>/lm_pretrain
     turns_per_conversation: int = 1  # >1: a medium's single-turn QA are merged into multi-turn dialogues (LLaVA)
     pack: bool = False  # concatenate conversations into rows of lm.seq_len (no padding; rows attend across them)
-    optim: LMOptimConfig = field(default_factory=LMOptimConfig)
-    train: LMTrainLoopConfig = field(default_factory=LMTrainLoopConfig)
+    # "the same instruction tuning setting as LLaVA v1.5" [P A.3]: 1 epoch of 765K conversations, batch 128, warm-up
+    # ratio 0.03 of 5977 steps
+    optim: LMOptimConfig = field(
+        default_factory=lambda: LMOptimConfig(
+            lr=2e-5, lr_other=2e-5, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0, warmup_steps=180
+        )
+    )
+    # per GPU: 8 GPUs × 4 × 4 accumulated = 128
+    train: LMTrainLoopConfig = field(
+        default_factory=lambda: LMTrainLoopConfig(
+            max_steps=5977, batch_size=4, accumulate_grad_batches=4, devices=8, num_nodes=1, strategy="fsdp",
+            precision="bf16-mixed", checkpoint_every_n_steps=500,
+        )
+    )
     eval: InstructEvalConfig = field(default_factory=InstructEvalConfig)
 
 
@@ -264,7 +296,7 @@ register_section("instruct", InstructStageConfig)
 class VisualTokenizerModelConfig:
     """LaVIT dynamic visual tokenizer (paper §3.1, LaVIT): ViT (or a frozen local teacher), selector, merger, VQ."""
 
-    image_size: Optional[int] = None  # None: video.keyframe_size (the keyframes are stored at the tokenizer input)
+    image_size: Optional[int] = 224  # None: video.keyframe_size (the keyframes are stored at the tokenizer input)
     patch_size: int = 14
     width: int = 1408
     depth: int = 40
@@ -289,7 +321,7 @@ class VisualTokenizerModelConfig:
     rec_loss: str = "auto"  # auto (cosine to a teacher, MSE to pixels) | cosine | mse
     teacher_path: Optional[str] = None  # a local transformers vision model (EVA-CLIP / CLIP); None: pixel target
     saliency_prior: float = 0.0  # + this × z-scored distance of a patch's mean colour from the image's, on its keep logit
-    token_loss_weight: float = 1.0  # each kept token's code rebuilds its own patch (token_head); 0: LaVIT's loss alone
+    token_loss_weight: float = 0.0  # each kept token's code rebuilds its own patch (token_head); 0: LaVIT's loss alone
     pixel_target_size: Optional[int] = None  # pixel target: each patch average-pooled to s×s (1: its mean colour); None: full
 
 
@@ -301,8 +333,13 @@ class VisualTokenizerStageConfig:
     images: bool = True  # train on the corpus train images
     sample_images: int = 6  # images drawn in each validation figure (kept patches, reconstruction)
     model: VisualTokenizerModelConfig = field(default_factory=VisualTokenizerModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=2000))
+    # LaVIT: 50K steps, global batch 2048 (per GPU: 8 GPUs × 32 × 8 accumulated) on ~100M LAION images [K117]
+    train: TrainLoopConfig = field(
+        default_factory=lambda: TrainLoopConfig(
+            max_steps=50_000, batch_size=32, accumulate_grad_batches=8, precision="bf16-mixed"
+        )
+    )
 
 
 register_section("visual_tokenizer", VisualTokenizerStageConfig)
@@ -318,10 +355,10 @@ class TokenizeStageConfig:
     text_size_multiple: int = 64  # vocab text_size = len(text tokenizer) rounded up to this (Llama-2: 32000 stays)
     visual_tokenizer_path: Optional[str] = None  # None: <paths.models>/visual_tokenizer
     motion_tokenizer_path: Optional[str] = None  # None: <paths.models>/motion_tokenizer
-    ablation_frames: Optional[int] = None  # frames per video in frames_media; None: 2 per clip (paper T6: 16)
+    ablation_frames: Optional[int] = 16  # frames per video in frames_media ("w/o motion" [P T6]); None: 2 per clip
     baseline_split: str = "val"  # clips the per-frame token baseline is measured on
-    baseline_clips: Optional[int] = None  # at most this many of them (None: all)
-    batch_size: int = 32  # clips (or images) per tokenizer forward
+    baseline_clips: Optional[int] = 1000  # at most this many of them (None: all)
+    batch_size: int = 64  # clips (or images) per tokenizer forward
     records_per_shard: int = 10_000
 
 
@@ -356,7 +393,7 @@ register_section("generate", GenerateConfig)
 class EvaluateStageConfig:
     """The evaluate stage: a versioned protocol (``conf/eval/<name>.yaml``) run on every trained model."""
 
-    protocol: str = "tiny_v3"  # a file name in conf/eval/ (without .yaml) or a path to a protocol YAML
+    protocol: str = "paper_v1"  # a file name in conf/eval/ (without .yaml) or a path to a protocol YAML
     protocol_overrides: list = field(default_factory=list)  # key=value edits of the protocol (the run is tagged so)
     qa_lm_path: Optional[str] = None  # None: <paths.models>/lm_instruct
     generation_lm_path: Optional[str] = None  # None: generate.lm_path, else <paths.models>/lm_pretrain
@@ -372,20 +409,23 @@ register_section("evaluate", EvaluateStageConfig)
 
 @dataclass
 class KeyframeUNetConfig:
-    """diffusers ``UNet2DConditionModel`` shape of the keyframe detokenizer; null keeps the model's TINY_UNET value."""
+    """diffusers ``UNet2DConditionModel`` shape of the keyframe detokenizer: LaVIT's SDXL-shaped decoder
+    [R image_decoding]; null keeps the model's TINY_UNET value."""
 
-    block_out_channels: Optional[list] = None
-    layers_per_block: Optional[int] = None
-    down_block_types: Optional[list] = None
-    up_block_types: Optional[list] = None
-    cross_attention_dim: Optional[int] = None
-    attention_head_dim: Optional[Any] = None  # an int or one per block
-    transformer_layers_per_block: Optional[Any] = None
-    use_linear_projection: Optional[bool] = None
-    norm_num_groups: Optional[int] = None
-    addition_embed_type: Optional[str] = None  # "text_time": SDXL micro-conditioning (LaVIT's high-res decoder)
-    addition_time_embed_dim: Optional[int] = None
-    projection_class_embeddings_input_dim: Optional[int] = None
+    block_out_channels: Optional[list] = field(default_factory=lambda: [320, 640, 1280])
+    layers_per_block: Optional[int] = 2
+    down_block_types: Optional[list] = field(
+        default_factory=lambda: ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"]
+    )
+    up_block_types: Optional[list] = field(default_factory=lambda: ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"])
+    cross_attention_dim: Optional[int] = 2048
+    attention_head_dim: Optional[Any] = field(default_factory=lambda: [5, 10, 20])  # an int or one per block
+    transformer_layers_per_block: Optional[Any] = field(default_factory=lambda: [1, 2, 10])
+    use_linear_projection: Optional[bool] = True
+    norm_num_groups: Optional[int] = 32
+    addition_embed_type: Optional[str] = "text_time"  # SDXL micro-conditioning (H, W, crop, H, W) + pooled condition
+    addition_time_embed_dim: Optional[int] = 256
+    projection_class_embeddings_input_dim: Optional[int] = 2816
 
 
 @dataclass
@@ -397,25 +437,29 @@ class KeyframeDetokenizerConfig:
     unet_dir: Optional[str] = None  # a local SD/SDXL U-Net (diffusers folder) to start from
     vae_dir: Optional[str] = None  # a local diffusers AutoencoderKL: latent diffusion; None: pixel space
     prediction_type: str = "epsilon"  # epsilon | v_prediction
-    beta_schedule: str = "squaredcos_cap_v2"
+    beta_schedule: str = "scaled_linear"  # SD/SDXL's schedule, so SDXL weights start where they were trained
     num_train_timesteps: int = 1000
     cond_dropout: float = 0.1  # classifier-free guidance: the condition is zeroed with this probability
 
 
 @dataclass
 class VideoUNetConfig:
-    """diffusers ``UNetSpatioTemporalConditionModel`` shape; null keeps the model's TINY_UNET value (channels are
-    multiples of 32: its GroupNorms have 32 groups)."""
+    """diffusers ``UNetSpatioTemporalConditionModel`` shape: SVD img2vid-xt with 2 motion input channels
+    [R modeling_3d_unet.py]; null keeps the model's TINY_UNET value (channels: multiples of 32, for its GroupNorms)."""
 
-    block_out_channels: Optional[list] = None
-    layers_per_block: Optional[int] = None
-    down_block_types: Optional[list] = None
-    up_block_types: Optional[list] = None
-    num_attention_heads: Optional[list] = None
+    block_out_channels: Optional[list] = field(default_factory=lambda: [320, 640, 1280, 1280])
+    layers_per_block: Optional[int] = 2
+    down_block_types: Optional[list] = field(
+        default_factory=lambda: ["CrossAttnDownBlockSpatioTemporal"] * 3 + ["DownBlockSpatioTemporal"]
+    )
+    up_block_types: Optional[list] = field(
+        default_factory=lambda: ["UpBlockSpatioTemporal"] + ["CrossAttnUpBlockSpatioTemporal"] * 3
+    )
+    num_attention_heads: Optional[list] = field(default_factory=lambda: [5, 10, 10, 20])
     transformer_layers_per_block: Optional[Any] = None
-    cross_attention_dim: Optional[int] = None
-    addition_time_embed_dim: Optional[int] = None
-    projection_class_embeddings_input_dim: Optional[int] = None  # 3 added time ids × addition_time_embed_dim
+    cross_attention_dim: Optional[int] = 1024
+    addition_time_embed_dim: Optional[int] = 256
+    projection_class_embeddings_input_dim: Optional[int] = 768  # 3 added time ids × addition_time_embed_dim
 
 
 @dataclass
@@ -459,7 +503,7 @@ class DetokenizerEvalConfig:
     """Sample-based metrics on held-out clips after training (val/keyframe_psnr, val/video_psnr, ...)."""
 
     split: str = "val"
-    clips: int = 4  # the first N clips of the split (each sampled twice: motion tokens and true motion)
+    clips: int = 32  # the first N clips of the split (each sampled twice: motion tokens and true motion)
     batch_size: int = 4
     keyframe_steps: int = 50
     keyframe_guidance: float = 3.0
@@ -480,8 +524,11 @@ class DetokenizerStageConfig:
     keyframe: KeyframeDetokenizerConfig = field(default_factory=KeyframeDetokenizerConfig)
     video: VideoDetokenizerConfig = field(default_factory=VideoDetokenizerConfig)
     eval: DetokenizerEvalConfig = field(default_factory=DetokenizerEvalConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=3000))
+    # [P A.1]: 50K steps at 384² + 10K at high resolution; per GPU: 64 A100 (compute.num_nodes=8) × 2 = the paper's 128
+    train: TrainLoopConfig = field(
+        default_factory=lambda: TrainLoopConfig(max_steps=60_000, batch_size=2, val_batches=8, precision="bf16-mixed")
+    )
 
 
 register_section("detokenizer", DetokenizerStageConfig)

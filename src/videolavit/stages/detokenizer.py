@@ -116,12 +116,12 @@ def keyframe_kwargs(cfg: DictConfig, cond_dim: int) -> dict:
 def load_tokenizers(cfg: DictConfig, models: tuple[str, ...], need_motion: bool) -> FrozenTokenizers:
     visual = motion = None
     if "keyframe" in models:
-        path = artifact(cfg, "visual_tokenizer", "detokenizer.visual_tokenizer_path",
-                        what="the visual tokenizer (the keyframe detokenizer's condition)")  # fmt: skip
+        what = "the visual tokenizer (the keyframe detokenizer's condition)"
+        path = artifact(cfg, "visual_tokenizer", "detokenizer.visual_tokenizer_path", what=what)
         visual = VisualTokenizer.from_pretrained(path)
     if need_motion:
-        path = artifact(cfg, "motion_tokenizer", "detokenizer.motion_tokenizer_path",
-                        what="the motion tokenizer (motion tokens for the video detokenizer)")  # fmt: skip
+        what = "the motion tokenizer (motion tokens for the video detokenizer)"
+        path = artifact(cfg, "motion_tokenizer", "detokenizer.motion_tokenizer_path", what=what)
         motion = MotionTokenizer.from_pretrained(path)
     return FrozenTokenizers(visual, motion)
 
