@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 
-def to_unit(image: np.ndarray, size: tuple[int, int], device) -> Any:
+def to_unit(image: np.ndarray, size: tuple[int, int], device="cpu") -> Any:
     """uint8 [H, W, 3] → float [1, 3, *size] in [-1, 1] (bicubic with antialias, as the tokenizers resize)."""
     import torch
     import torch.nn.functional as F
