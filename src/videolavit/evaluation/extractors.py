@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from videolavit.errors import ConfigError, require_path
+from videolavit.artifacts import artifact, artifact_dir
+from videolavit.errors import ConfigError
 
 
 @dataclass
@@ -44,10 +45,9 @@ def build_extractors(cfg: DictConfig, protocol: DictConfig) -> Extractors:
         raise ConfigError("protocol extractors.fvd=i3d needs evaluate.i3d_path (a local i3d_torchscript.pt)")
     if clip_kind == "clip" and not ev.clip_path:
         raise ConfigError("protocol extractors.clipsim=clip needs evaluate.clip_path (a local CLIP directory)")
-    path = Path(ev.evaluators_path or Path(cfg.paths.models) / "evaluators")
+    path = Path(ev.evaluators_path) if ev.evaluators_path else artifact_dir(cfg, "evaluators")
     if path.exists() or "corpus" in (fvd_kind, clip_kind):
-        require_path(path, "the corpus evaluators", "Run `videolavit evaluators` first (or set evaluate.evaluators_path).")
-        corpus = load_evaluators(path)
+        corpus = load_evaluators(artifact(cfg, "evaluators", "evaluate.evaluators_path"))
     else:
         corpus = CorpusEvaluators(None, None)
     out = Extractors(classifier=corpus.classifier)

@@ -11,7 +11,8 @@ from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig
 
-from videolavit.errors import ConfigError, require_path
+from videolavit.artifacts import artifact
+from videolavit.errors import ConfigError
 from videolavit.evaluation.protocol import NO_MOTION, QA_TYPES, Results, sampling_seed
 
 
@@ -166,8 +167,7 @@ def evaluate_qa(cfg: DictConfig, protocol: DictConfig, results: Results, out_dir
 
     qa, tokens = protocol.qa, Path(cfg.paths.tokens)
     shards = vocab_from_meta(read_token_meta(tokens))
-    lm_path = require_path(cfg.evaluate.qa_lm_path or Path(cfg.paths.models) / "lm_instruct", "the instruction-tuned LM",
-                           "Run `videolavit instruct` first (or set evaluate.qa_lm_path).")  # fmt: skip
+    lm_path = artifact(cfg, "lm_instruct", "evaluate.qa_lm_path")
     models = load_models(cfg, lm_path=lm_path, tokenizers=False, detokenizers=False)
     if models.vocab != shards:
         raise ConfigError(f"the LM in '{lm_path}' has {models.vocab}, the token shards {shards}: re-run the LM stages")

@@ -26,6 +26,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from videolavit import tracking
+from videolavit.artifacts import artifact
 from videolavit.errors import require_path
 from videolavit.evaluation.extractors import Extractors, build_extractors, feed_real_clips
 from videolavit.evaluation.protocol import NO_MOTION, QA_TYPES, Results, load_protocol, with_sampling
@@ -99,9 +100,7 @@ def run(cfg: DictConfig) -> dict:
     evaluate_qa(cfg, protocol, results, out_dir)
     seconds["qa"] = time.perf_counter() - started
 
-    lm_path = cfg.evaluate.generation_lm_path or cfg.generate.lm_path or Path(cfg.paths.models) / "lm_pretrain"
-    lm_path = require_path(lm_path, "the pretrained LM",
-                           "Run `videolavit pretrain` first (or set evaluate.generation_lm_path).")  # fmt: skip
+    lm_path = artifact(cfg, "lm_pretrain", ("evaluate.generation_lm_path", "generate.lm_path"))
     pipe = VideoLaVITPipeline(load_models(cfg, lm_path=lm_path), cfg, seed=cfg.generate.seed)
     motion_tokens = pipe.m.motion_tokenizer.tokens_per_clip
     token_metrics(cfg, results, motion_tokens)

@@ -15,6 +15,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from videolavit.artifacts import artifact_dir
 from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ClipDataModule
 from videolavit.errors import ConfigError, MissingArtifactError, require_path
@@ -81,7 +82,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
 
     module = module.cpu().eval()
     evaluators = CorpusEvaluators(module.classifier, module.clip)
-    out_dir = evaluators.save_pretrained(Path(cfg.paths.models) / STAGE)
+    out_dir = evaluators.save_pretrained(artifact_dir(cfg, STAGE))
     metrics = evaluate(module, datamodule.val_dataloader(), "val")
     if module.classifier is not None:
         metrics["val/fvd_corpus_train_vs_val"] = real_fvd(module.classifier, cfg.paths.clips, int(train_cfg.batch_size))

@@ -19,7 +19,8 @@ from typing import Optional
 from omegaconf import DictConfig
 
 from videolavit import tracking
-from videolavit.errors import ConfigError, require_path
+from videolavit.artifacts import artifact, artifact_dir
+from videolavit.errors import ConfigError
 from videolavit.evaluation.qa import qa_baselines, qa_items, score_questions
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.lm import (
@@ -40,8 +41,7 @@ def load_start(cfg: DictConfig):
     from videolavit.models.lm_checkpoint import read_lm_vocab
     from videolavit.models.text_tokenizer import load_text_tokenizer
 
-    start = require_path(cfg.instruct.init_from or Path(cfg.paths.models) / "lm_pretrain", "the pretrained LM",
-                         "Run `videolavit pretrain` first (or set instruct.init_from).")  # fmt: skip
+    start = artifact(cfg, "lm_pretrain", "instruct.init_from")
     vocab, _ = read_lm_vocab(start)
     shards = vocab_from_meta(read_token_meta(cfg.paths.tokens))
     if shards != vocab:
@@ -61,7 +61,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     datamodule = InstructDataModule(cfg, tokenizer, int(train_cfg.batch_size))
     trainer, module, throughput = fit_lm(cfg, STAGE, model, vocab, datamodule, callbacks)
 
-    out_dir = Path(cfg.paths.models) / "lm_instruct"
+    out_dir = artifact_dir(cfg, "lm_instruct")
     state = full_state_dict(trainer, module)
     metrics = run_summary(STAGE, trainer, module, throughput)
     if trainer.is_global_zero:

@@ -11,6 +11,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from videolavit.artifacts import artifact_dir
 from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ClipDataModule
 from videolavit.errors import ConfigError
@@ -52,7 +53,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
 
     model = module.model.eval()
-    out_dir = Path(cfg.paths.models) / STAGE
+    out_dir = artifact_dir(cfg, STAGE)
     if trainer.is_global_zero:
         model.save_pretrained(out_dir)
     val_batches = int(train_cfg.val_batches) if train_cfg.val_batches is not None else None

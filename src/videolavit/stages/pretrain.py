@@ -10,7 +10,6 @@ decoder block, e.g. LlamaDecoderLayer), ``devices`` / ``num_nodes`` / ``precisio
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
 from omegaconf import DictConfig

@@ -14,6 +14,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from videolavit.artifacts import artifact_dir
 from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ImageDataModule
 from videolavit.models.visual_tokenizer import count_parameters
@@ -50,7 +51,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, STAGE, train_cfg.resume))
 
     model = module.model.cpu().eval()
-    out_dir = Path(cfg.paths.models) / STAGE
+    out_dir = artifact_dir(cfg, STAGE)
     if trainer.is_global_zero:
         model.save_pretrained(out_dir)
     metrics = evaluate(model, datamodule.val_dataloader(), "val")
