@@ -17,7 +17,7 @@ FAST = ("generate.keyframe_steps=2", "generate.video_steps=1", "lm.generate.imag
 
 
 def make_text_tokenizer(out_dir: Path, texts=()):
-    from videolavit.models.text_tokenizer import train_bpe_tokenizer
+    from videolavit.data.text_tokenizer import train_bpe_tokenizer
 
     base = ["a red circle moves to the left", "a blue square moves up over a striped background", "What color is it?"]
     return train_bpe_tokenizer([*base, *texts], 300, out_dir, min_frequency=1)
@@ -30,7 +30,7 @@ def build_tiny_models(cfg, vocab: Vocab, tokenizer_dir: Path, frame_size=FRAME_S
     from videolavit.models.lm import build_lm
     from videolavit.models.lm_checkpoint import save_lm_checkpoint
     from videolavit.models.motion_tokenizer import MotionTokenizer
-    from videolavit.models.text_tokenizer import load_text_tokenizer
+    from videolavit.data.text_tokenizer import load_text_tokenizer
     from videolavit.models.video_detokenizer import VideoDetokenizer
     from videolavit.models.visual_tokenizer import VisualTokenizer
 

@@ -32,7 +32,7 @@ def toy_cfg(tiny_cfg_factory):
 def _datamodule(cfg, turns: int = 1, seq_len: int = 256):
     from omegaconf import OmegaConf
 
-    from videolavit.models.text_tokenizer import load_text_tokenizer
+    from videolavit.data.text_tokenizer import load_text_tokenizer
 
     cfg = OmegaConf.merge(cfg, {"instruct": {"turns_per_conversation": turns}, "lm": {"seq_len": seq_len}})
     tokenizer = load_text_tokenizer(Path(cfg.paths.tokens) / "text_tokenizer")
@@ -152,7 +152,7 @@ def test_batched_answers_equal_one_by_one_greedy_answers(toy_cfg):
     from videolavit.data.lm_data import load_media_records
     from videolavit.models.lm import build_lm
     from videolavit.inference.qa import answer_questions
-    from videolavit.models.text_tokenizer import load_text_tokenizer
+    from videolavit.data.text_tokenizer import load_text_tokenizer
     from videolavit.data.tokens import read_token_meta, vocab_from_meta
 
     import torch

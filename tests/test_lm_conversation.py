@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from videolavit.models.conversation import (
+from videolavit.data.conversation import (
     IGNORE_INDEX,
     VICUNA_SYSTEM,
     VIDEO_LAVIT_RELEASED,

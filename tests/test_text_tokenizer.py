@@ -1,7 +1,7 @@
 import pytest
 
 from videolavit.errors import ConfigError, MissingArtifactError
-from videolavit.models.text_tokenizer import load_text_tokenizer, train_bpe_tokenizer
+from videolavit.data.text_tokenizer import load_text_tokenizer, train_bpe_tokenizer
 from videolavit.vocab import Vocab
 
 CAPTIONS = [

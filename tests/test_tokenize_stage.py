@@ -133,7 +133,7 @@ def test_video_records_alternate_keyframe_and_motion_spans_in_time_order(tokeniz
 
 
 def test_images_text_counts_and_skipped_videos(tokenized):
-    from videolavit.models.text_tokenizer import load_text_tokenizer
+    from videolavit.data.text_tokenizer import load_text_tokenizer
 
     cfg, metrics, visual, _ = tokenized
     meta = read_token_meta(cfg.paths.tokens)
@@ -185,7 +185,7 @@ def test_token_counts_and_savings_follow_the_stated_formulas(tokenized):
 def test_the_pretrain_data_reads_the_shards(tokenized, video_input):
     from videolavit.config import apply_overrides
     from videolavit.data.lm_data import PretrainDataModule
-    from videolavit.models.text_tokenizer import load_text_tokenizer
+    from videolavit.data.text_tokenizer import load_text_tokenizer
 
     cfg, _, _, _ = tokenized
     cfg = apply_overrides(cfg, [f"lm.video_input={video_input}"])
@@ -199,7 +199,7 @@ def test_the_pretrain_data_reads_the_shards(tokenized, video_input):
 
 
 def test_a_local_pretrained_text_tokenizer_is_copied_and_old_shards_are_replaced(tiny_cfg_factory, tmp_path):
-    from videolavit.models.text_tokenizer import load_text_tokenizer, train_bpe_tokenizer
+    from videolavit.data.text_tokenizer import load_text_tokenizer, train_bpe_tokenizer
     from videolavit.stages import tokenize
 
     write_corpus(tmp_path)

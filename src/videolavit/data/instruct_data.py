@@ -1,5 +1,5 @@
 """Batches for the instruct stage: Vicuna-v1 conversations of ``paths.corpus/instruct.jsonl`` with their media spans
-from the token shards, one conversation per row (or packed rows), labels on answers only (``models/conversation.py``).
+from the token shards, one conversation per row (or packed rows), labels on answers only (``data/conversation.py``).
 
 A medium's single-turn questions can be merged into multi-turn dialogues (``instruct.turns_per_conversation``), as
 LLaVA's data are: one media prefix then serves several answers. Turns that would give away each other's answers are
@@ -86,7 +86,7 @@ class InstructSamples:
         self.too_long = 0
 
     def row(self, media_id: Optional[str], pairs: list[tuple[str, str]]) -> Optional[tuple[list[int], list[int]]]:
-        from videolavit.models.conversation import build_conversation
+        from videolavit.data.conversation import build_conversation
 
         media = [self.media[media_id]["media"].tolist()] if media_id is not None else []
         if media and not any(tag in pairs[0][0] for tag in ("<video>", "<image>")):

@@ -385,7 +385,7 @@ class PretrainDataModule(LMDataModule):
         return PretrainSamples(records, docs, self.vocab, self.seq_len, self.bos, self.eos, self.both_orders, qa)
 
     def _qa_sample(self, record: dict, qa: tuple) -> Optional[list[int]]:
-        from videolavit.models.conversation import build_conversation
+        from videolavit.data.conversation import build_conversation
 
         question, answer, _ = qa
         tag = "<video>\n" if record["kind"] == "video" else "<image>\n"

@@ -97,8 +97,8 @@ def write_toy_token_corpus(
 ) -> Vocab:
     """Write ``{train,val,test}.jsonl`` + ``instruct.jsonl`` + ``meta.json`` to corpus_dir and token shards, meta.json
     and ``text_tokenizer/`` to tokens_dir; returns the vocabulary."""
-    from videolavit.models.text_tokenizer import train_bpe_tokenizer
-    from videolavit.models.conversation import VICUNA_SYSTEM
+    from videolavit.data.text_tokenizer import train_bpe_tokenizer
+    from videolavit.data.conversation import VICUNA_SYSTEM
 
     corpus_dir, tokens_dir = Path(corpus_dir), Path(tokens_dir)
     geo = Geometry(256, 160, 12.0, 48, 2)

@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import torch
 
 from videolavit.inference.constraints import TextOnlyLogitsProcessor, generate_text
-from videolavit.models.conversation import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_prompt, get_template
+from videolavit.data.conversation import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, build_prompt, get_template
 from videolavit.vocab import Vocab
 
 

@@ -42,7 +42,7 @@ def read_lm_vocab(directory) -> tuple[Vocab, dict]:
 def load_lm_checkpoint(directory, dtype=None, device: str | torch.device = "cpu"):
     """``(model, tokenizer, vocab)`` of an LM directory written by ``save_lm_checkpoint`` (model in eval mode)."""
     from videolavit.models.lm import build_lm
-    from videolavit.models.text_tokenizer import load_text_tokenizer
+    from videolavit.data.text_tokenizer import load_text_tokenizer
 
     directory = Path(directory)
     if not directory.is_dir():

@@ -39,7 +39,7 @@ def load_start(cfg: DictConfig):
     """(model, tokenizer, vocab) of the pretrained LM instruction tuning starts from."""
     from videolavit.data.tokens import read_token_meta, vocab_from_meta
     from videolavit.models.lm_checkpoint import read_lm_vocab
-    from videolavit.models.text_tokenizer import load_text_tokenizer
+    from videolavit.data.text_tokenizer import load_text_tokenizer
 
     start = artifact(cfg, "lm_pretrain", "instruct.init_from")
     vocab, _ = read_lm_vocab(start)

@@ -90,7 +90,7 @@ def paper_token_counts() -> dict[str, float]:
 # ---- text ---------------------------------------------------------------------------------------------------------
 def corpus_texts(cfg: DictConfig) -> list[str]:
     """The train text: captions, QA, and the instruction conversations (when the corpus has them) in the LM's template."""
-    from videolavit.models.conversation import get_template, render
+    from videolavit.data.conversation import get_template, render
 
     texts = []
     for s in read_manifest(cfg.paths.corpus, "train"):
@@ -105,7 +105,7 @@ def corpus_texts(cfg: DictConfig) -> list[str]:
 
 def build_text_tokenizer(cfg: DictConfig, out_dir: Path):
     """``(tokenizer, source)``: a copy of the configured local tokenizer, or a BPE trained on the corpus train text."""
-    from videolavit.models.text_tokenizer import load_text_tokenizer, train_bpe_tokenizer
+    from videolavit.data.text_tokenizer import load_text_tokenizer, train_bpe_tokenizer
 
     path = cfg.tokenize.text_tokenizer_path
     if path:

@@ -212,7 +212,7 @@ def full_state_dict(trainer, module: LanguageModelModule) -> Optional[dict]:
 
 
 def load_stage_tokenizer(cfg: DictConfig, vocab: Vocab):
-    from videolavit.models.text_tokenizer import load_text_tokenizer
+    from videolavit.data.text_tokenizer import load_text_tokenizer
 
     path = require_path(Path(cfg.paths.tokens) / "text_tokenizer", "text tokenizer of the token shards",
                         "Run `videolavit tokenize` first.")  # fmt: skip
