@@ -14,6 +14,7 @@ from typing import Optional
 
 from omegaconf import DictConfig
 
+from videolavit.artifacts import artifact_dir
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.lm import (
     build_stage_lm, evaluate_loss, fit_lm, full_state_dict, load_stage_tokenizer, print_summary, run_summary,
@@ -37,7 +38,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     datamodule = PretrainDataModule(cfg, tokenizer, int(train_cfg.batch_size))
     trainer, module, throughput = fit_lm(cfg, STAGE, model, vocab, datamodule, callbacks)
 
-    out_dir = Path(cfg.paths.models) / "lm_pretrain"
+    out_dir = artifact_dir(cfg, "lm_pretrain")
     state = full_state_dict(trainer, module)
     metrics = run_summary(STAGE, trainer, module, throughput)
     if trainer.is_global_zero:
