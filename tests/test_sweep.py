@@ -73,3 +73,51 @@ def test_three_trial_multi_objective_sweep_leaves_three_runs_and_a_pareto_image(
     # a second process joining the same study adds trials instead of starting over
     again = run_sweep("motion_tokenizer", cfg, ["trials=1", "mode=multi", f"storage=sqlite:///{tmp_path}/optuna.db", "study=t", f"out={out}"])
     assert again["trials"] == 4
+
+
+def test_pruning_callback_is_a_lightning_callback_that_prunes_when_the_trial_says_so():
+    import lightning as L
+    from types import SimpleNamespace
+
+    from videolavit.training.callbacks import PruningCallback
+
+    class Trial:
+        def __init__(self, prune: bool):
+            self.reports, self.prune = [], prune
+
+        def report(self, value, step):
+            self.reports.append((value, step))
+
+        def should_prune(self):
+            return self.prune
+
+    keep, stop = Trial(False), Trial(True)
+    trainer = SimpleNamespace(sanity_checking=False, global_step=3, callback_metrics={"val/epe": 0.5})
+    callback = PruningCallback(keep, "val/epe")
+    assert isinstance(callback, PruningCallback) and isinstance(callback, L.Callback)
+    callback.on_validation_end(trainer, None)
+    assert keep.reports == [(0.5, 3)]
+    PruningCallback(keep, "val/other").on_validation_end(trainer, None)  # not logged yet: nothing reported
+    assert keep.reports == [(0.5, 3)]
+    with pytest.raises(optuna.TrialPruned, match="step 3"):
+        PruningCallback(stop, "val/epe").on_validation_end(trainer, None)
+
+
+def test_single_objective_sweep_hands_the_pruning_callback_to_fit(tiny_cfg_factory, tmp_path, monkeypatch):
+    """Callbacks reach the stage as an argument of ``fit`` (no module-level registry), and the metrics file is written."""
+    from videolavit.stages import motion_tokenizer
+    from videolavit.training.callbacks import PruningCallback
+
+    seen = []
+
+    def fake_fit(cfg, callbacks=None):
+        seen.append(list(callbacks or []))
+        return {"val/epe": 1.0 + len(seen), "tokens_per_clip": 8.0}
+
+    monkeypatch.setattr(motion_tokenizer, "fit", fake_fit)
+    cfg = tiny_cfg_factory("tracking.enabled=false")
+    out = tmp_path / "sweeps"
+    summary = run_sweep("motion_tokenizer", cfg, ["trials=2", f"storage=sqlite:///{tmp_path}/optuna.db", f"out={out}"])
+    assert summary["complete"] == 2 and summary["best"]["val/epe"] == 2.0
+    assert [len(cbs) for cbs in seen] == [1, 1] and all(isinstance(cbs[0], PruningCallback) for cbs in seen)
+    assert yaml.safe_load((out / "motion_tokenizer-single" / "trial_0000" / "metrics" / "motion_tokenizer.json").read_text())["val/epe"] == 2.0
