@@ -138,7 +138,7 @@ def test_cli_generate_writes_mp4_and_gif(zoo, tmp_path, monkeypatch):
     assert len(_decoded_frames(out)) == info["frames"]
 
 
-def test_qa_answers_about_an_image_file(zoo, tmp_path):
+def test_qa_answers_about_an_image_file(pipe, zoo, tmp_path):
     from PIL import Image
 
     from videolavit.config import apply_overrides
@@ -148,7 +148,8 @@ def test_qa_answers_about_an_image_file(zoo, tmp_path):
     image = tmp_path / "frame.png"
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(image)
     answer = generate_cli(apply_overrides(cfg, ["generate.task=qa", f"generate.media={image}"]), "What color is it?")
-    assert isinstance(answer, str)
+    # the command answers with the LM seeing the file's own tokens: the same greedy answer as the pipeline's on them
+    assert isinstance(answer, str) and answer == pipe.answer(["What color is it?"], [pipe.media_ids(image)])[0]
     with pytest.raises(ConfigError, match="generate.media"):
         generate_cli(apply_overrides(cfg, ["generate.task=qa"]), "What color is it?")
 
@@ -166,7 +167,15 @@ def test_video_qa_decomposes_the_file_into_clip_tokens(pipe, zoo, tmp_path):
     segments = vocab.parse(ids)
     assert [s.kind for s in segments] == [IMAGE, MOTION]
     assert len(segments[1].values) == info["motion_tokens"]
-    assert isinstance(pipe.answer(["Which direction does the square move?"], [ids])[0], str)
+    from videolavit.inference.qa import answer_questions
+
+    # one prompt at a time (KV cache) and left-padded batches decode the same greedy answers about the same clip
+    questions = ["Which direction does the square move?", "What color is it?"]
+    single = pipe.answer(questions, [ids, ids])
+    template = pipe.m.lm_info.get("template") or str(pipe.cfg.lm.template)
+    batched = answer_questions(pipe.m.lm, pipe.m.text_tokenizer, vocab, [ids, ids], questions, template=template,
+                               max_new_tokens=int(pipe.cfg.lm.generate.max_answer_tokens), batch_size=2)
+    assert all(isinstance(a, str) for a in single) and single == batched
 
 
 def test_missing_models_name_the_stage_that_makes_them(zoo, tmp_path):

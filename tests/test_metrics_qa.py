@@ -60,8 +60,25 @@ def test_mismatched_lengths_and_empty_metric_fail_clearly():
         metric.compute()
 
 
-def test_not_comparable_note_names_the_gpt_judge():
-    import videolavit.metrics.qa as qa
-
+def test_results_are_named_exact_match_never_accuracy_or_score():
+    # the GPT-judged Table 2 columns are "Accuracy" and "Score": no key of this metric may be mistaken for them
+    metric = QAAccuracy()
+    metric.update(["red", "a red car", "two"], ["red", "red", "3"], types=["color", "color", "number"])
+    result = metric.compute()
+    assert set(result) == {"exact_match", "contains_answer", "count", "exact_match/color", "exact_match/number",
+                           "count/color", "count/number"}
+    assert not [k for k in result if "acc" in k.lower() or "score" in k.lower()]
     assert "NOT comparable" in NOT_COMPARABLE_WITH_GPT_JUDGED and "GPT" in NOT_COMPARABLE_WITH_GPT_JUDGED
-    assert "NOT comparable" in qa.__doc__
+
+
+def test_every_report_table_with_platform_qa_says_it_is_not_gpt_judged():
+    from videolavit.metrics.paper_results import load_paper_results
+    from videolavit.report.runs import RunIndex
+    from videolavit.report.tables import QA_NOTE, build_tables
+
+    assert "not comparable" in QA_NOTE and "GPT" in QA_NOTE
+    blocks = [b for t in build_tables(RunIndex([]), load_paper_results()) for b in t.blocks]
+    platform_qa = [b for b in blocks if b.caption.startswith("This platform") and any("QA" in h for h in b.headers)]
+    assert len(platform_qa) >= 3  # Tables 2, 6 and 7
+    unlabelled = [b.caption for b in platform_qa if QA_NOTE not in b.caption and not any(QA_NOTE in h for h in b.headers)]
+    assert unlabelled == []
