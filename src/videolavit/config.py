@@ -108,6 +108,11 @@ class VideoConfig:
     # 0.01-0.02 px/frame on that input, up to 0.36 px/frame (13% of the motion) on synthetic-corpus clips under the
     # paper profile, where the motion search on flat texture amplifies small pixel changes.
     fast_decode: bool = False
+    # Bounds on what the resampler makes of a source's timestamps (null: no bound); past one the video is a reject.
+    # Not from the paper, whose clips are seconds long: a frame held 50 s at 6 fps, or an hour in all, means broken
+    # timestamps (a 60-frame file with 1-hour gaps became 50 K identical clips and exhausted memory), not footage.
+    max_frames_per_source_frame: Optional[int] = 300
+    max_span_seconds: Optional[float] = 3600.0
 
 
 @dataclass

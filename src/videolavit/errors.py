@@ -51,6 +51,18 @@ class NoValidClipError(VideoError):
     """The video is long enough but no clip start passes the I-frame check (for example scene cuts everywhere)."""
 
 
+class TimestampGapError(VideoError):
+    """One source frame would be repeated past ``video.max_frames_per_source_frame`` (a gap in its timestamps)."""
+
+
+class VideoTooLongError(VideoError):
+    """The video runs past ``video.max_span_seconds`` (a long video, or timestamps that jump far ahead)."""
+
+
+class MotionCodecError(VideolavitError):
+    """The in-memory MPEG-4 re-encode failed on frames this package made: a fault of the machine, not of the video."""
+
+
 class CorpusError(VideolavitError):
     """A corpus manifest or an imported dataset file is malformed."""
 

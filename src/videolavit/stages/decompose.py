@@ -63,15 +63,17 @@ def _init_worker(cfg_yaml: str) -> None:
 
 
 def _decompose_one(job: dict) -> dict:
-    """Worker: one video → its clip records, or the reject (never raises)."""
-    from videolavit.errors import VideoError
+    """Worker: one video → its clip records (and whether the file was truncated), or the reject. Raises only for a
+    fault of the machine (out of memory, a failing re-encode), which must not be counted against any video."""
+    from videolavit.errors import MotionCodecError, VideoError
     from videolavit.video import iter_clips
 
     cfg = _WORKER_CFG
     keep_frames = bool(cfg.video.frames_height and cfg.video.frames_width)
     try:
         clips = []
-        for clip in iter_clips(job["path"], cfg, keep_frames=keep_frames):
+        stream = iter_clips(job["path"], cfg.video, keep_frames=keep_frames)
+        for clip in stream:
             clips.append(
                 {
                     "key": clip_key(job["id"], clip.index),
@@ -89,7 +91,14 @@ def _decompose_one(job: dict) -> dict:
             )
         if not clips:
             raise VideoError(job["path"], "no clip could be cut (no I-frame followed by a full 24-frame clip)")
-        return {"job": job, "clips": clips}
+        return {"job": job, "clips": clips, "truncated": stream.truncated}
+    except MotionCodecError:
+        raise
+    except MemoryError:
+        raise VideolavitError(
+            f"{job['path']}: out of memory while decomposing it (not counted as a reject); lower decompose.workers "
+            "or video.threads and run the stage again"
+        ) from None
     except Exception as exc:  # a reject, whatever the cause: the accounting must be complete
         kind = type(exc).__name__
         message = str(exc) if isinstance(exc, VideoError) else f"{job['path']}: unexpected {kind}: {exc}"
@@ -137,6 +146,7 @@ def _merge_parts(out: Path) -> dict:
     """Merge every shard's part files into stats.json and rejects.jsonl."""
     parts = sorted((out / "parts").glob("stats-*.json"))
     merged: dict = {"videos": 0, "videos_ok": 0, "rejects": 0, "clips": {s: 0 for s in SPLITS}, "shards": []}
+    merged["truncated"] = []  # ids of videos kept from their decodable part
     n, s, sq, nonzero = 0, np.zeros(2), np.zeros(2), 0
     rejects: list[str] = []
     for part in parts:
@@ -144,6 +154,7 @@ def _merge_parts(out: Path) -> dict:
         merged["videos"] += st["videos"]
         merged["videos_ok"] += st["videos_ok"]
         merged["rejects"] += st["rejects"]
+        merged["truncated"] += st.get("truncated", [])
         for split in SPLITS:
             merged["clips"][split] += st["clips"].get(split, 0)
         merged["shards"].append(st["shard"])
@@ -193,6 +204,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     stats = _MotionStats()
     counts = {split: 0 for split in SPLITS}
     rejects: list[dict] = []
+    truncated: list[str] = []
     workers = max(1, min(int(cfg.decompose.workers), len(jobs)))
     cfg_yaml = OmegaConf.to_yaml(cfg)
     if workers > 1:
@@ -209,6 +221,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             if "reject" in result:
                 rejects.append({"id": job["id"], "path": job["path"], "split": job["split"], **result["reject"]})
                 continue
+            if result["truncated"]:
+                truncated.append(job["id"])
             for clip in result["clips"]:
                 writers[job["split"]].write(clip)
                 stats.add(clip["motion"])
@@ -230,6 +244,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "videos": len(jobs),
         "videos_ok": len(jobs) - len(rejects),
         "rejects": len(rejects),
+        "truncated": truncated,
         "clips": counts,
         "motion": stats.as_dict(),
         "video": OmegaConf.to_container(cfg.video, resolve=True),
@@ -244,6 +259,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         "videos": float(len(jobs)),
         "rejects": float(len(rejects)),
         "reject_ratio": ratio,
+        "videos_truncated": float(len(truncated)),
         "clips": float(sum(counts.values())),
         **{f"clips_{split}": float(c) for split, c in counts.items()},
         "motion_std_x": merged["motion"]["std"][0],

@@ -17,11 +17,19 @@ from PIL import Image
 from videolavit.errors import (
     ConfigError,
     CorruptVideoError,
+    MotionCodecError,
     NoValidClipError,
     VideoTooShortError,
 )
 from videolavit.video.motion import MACROBLOCK, MotionCodec, normalize_motion, resize_grid, video_section
-from videolavit.video.source import DECODE_ERRORS, SourceInfo, iter_resampled, open_video, raise_undecodable
+from videolavit.video.source import (
+    DECODE_ERRORS,
+    Orientation,
+    SourceInfo,
+    iter_resampled,
+    open_video,
+    raise_undecodable,
+)
 
 log = logging.getLogger(__name__)
 POLICIES = ("all", "every_other", "max")
@@ -69,11 +77,13 @@ class ClipStream:
     Streaming policies (``all``, ``every_other``) decode the video once; a cap on the number of clips (``max``, or
     ``every_other`` with ``max_clips``) needs the total count first, so the video is encoded twice: a first pass that
     only records the I-frame layout, then a second one that builds the chosen clips and stops after the last one.
-    A truncated or damaged file yields the clips of its decodable part (``truncated`` is then True); it raises
-    CorruptVideoError only when that part holds no clip.
+    A truncated or damaged file yields the clips of its decodable part (``truncated`` is then True, with the decoder's
+    reasons in ``source.errors``); it raises CorruptVideoError only when that part holds no clip. Frames are turned
+    as a player shows them (``source.orientation``). A failure of the re-encode itself raises MotionCodecError (and
+    running out of memory MemoryError): faults of the machine, which must not be counted against the video.
     """
 
-    def __init__(self, path: str | Path, config: Any = None, keep_frames: bool = False):
+    def __init__(self, path: str | Path, config: Any, keep_frames: bool = False):
         self.path = str(path)
         self.video = _checked_settings(config)
         self.keep_frames = keep_frames
@@ -146,19 +156,19 @@ class ClipStream:
         scaler = VideoReformatter()  # one swscale context for the whole video (frame.reformat rebuilds it per call)
         frames = iter_resampled(
             self.path, self.fps, self.source, video.max_source_frames, threads=int(video.threads), opened=self._opened,
-            fast=bool(video.fast_decode),
+            fast=bool(video.fast_decode), max_frames_per_source_frame=video.max_frames_per_source_frame,
+            max_span_seconds=video.max_span_seconds,
         )
         self._opened = None
         try:
             for k, source in _with_flush(frames):
                 if source is not None:
                     if resized[0] is not source:  # a held frame repeats when upsampling: scale it once
-                        resized = (source, scaler.reformat(source, width, height, "yuv420p", interpolation=SCALER))
+                        upright = _scaled(source, width, height, "yuv420p", self.source.orientation, scaler)
+                        resized = (source, upright)
                     pending[k] = source
                     self.num_frames = k + 1
-                    outputs = codec.push(resized[1], k)
-                else:
-                    outputs = codec.push(None)
+                outputs = self._push(codec, resized[1] if source is not None else None, k)
                 for index, is_iframe, motion in outputs:
                     window.append(self._frame(index, is_iframe, motion, pending.pop(index), build))
                     if is_iframe:
@@ -186,17 +196,32 @@ class ClipStream:
                     ordinal += 1
             if first_two:  # every_other with only 1 or 2 valid starts: the first one
                 yield ordinal, *first_two[0]
-        except DECODE_ERRORS as exc:  # the mpeg4 round trip failed (should not happen on frames we produced)
-            why = f"re-encoding to MPEG-4 failed at frame {self.num_frames}: {exc}"
+        except MemoryError:
+            raise
+        except DECODE_ERRORS as exc:  # converting a source frame failed: something in the file (its pixel format)
+            why = f"converting source frame {self.num_frames} to the encode size failed: {exc}"
             raise CorruptVideoError(self.path, why) from None
         finally:
             frames.close()
+
+    def _push(self, codec: MotionCodec, frame: Optional[av.VideoFrame], k: int) -> list:
+        """One frame through the in-memory MPEG-4 round trip. It only ever sees frames made here (yuv420p at the
+        encode size), so its failure (out of memory included) is the machine's, not the video's."""
+        try:
+            return codec.push(frame, k) if frame is not None else codec.push(None)
+        except MemoryError:
+            raise
+        except DECODE_ERRORS as exc:
+            raise MotionCodecError(
+                f"{self.path}: the in-memory MPEG-4 re-encode failed at frame {k} ({type(exc).__name__}: {exc}); "
+                "a fault of this machine or of the codec, not of the video"
+            ) from exc
 
     def _frame(self, index: int, is_iframe: bool, motion, source: av.VideoFrame, build: bool) -> _Frame:
         image = None
         if build and self.keep_frames:
             w, h = int(self.video.frames_width), int(self.video.frames_height)
-            image = source.reformat(w, h, "rgb24", interpolation=SCALER).to_ndarray()
+            image = _scaled(source, w, h, "rgb24", self.source.orientation).to_ndarray()
         return _Frame(index, is_iframe, motion, source if build and is_iframe else None, image)
 
     def _clip(self, index: int, start: int, window: list[_Frame]) -> Clip:
@@ -211,7 +236,7 @@ class ClipStream:
         motion = normalize_motion(motion, video).astype(np.float32)  # [2, T, h, w]
         frames = np.stack([f.image for f in window]) if self.keep_frames else None  # [T, Hf, Wf, 3]
         size = int(video.keyframe_size)
-        rgb = Image.fromarray(window[0].source.to_ndarray(format="rgb24"))
+        rgb = Image.fromarray(self.source.orientation.apply(window[0].source.to_ndarray(format="rgb24")))
         keyframe = np.asarray(rgb.resize((size, size), Image.BICUBIC))  # [S, S, 3], like the official 224×224 resize
         return Clip(index, start, start / self.fps, keyframe, motion, frames)
 
@@ -237,6 +262,26 @@ class ClipStream:
                         self.path, "; ".join(self.source.errors[:2]) or "fewer frames than declared", clips)
 
 
+def _scaled(
+    frame: av.VideoFrame, width: int, height: int, fmt: str, orientation: Orientation, scaler=None
+) -> av.VideoFrame:
+    """``frame`` at width × height in ``fmt``, turned as a player shows it: scaled first, so that the turn works on
+    the small picture; yuv420p turns as yuv444p planes (no colour conversion)."""
+
+    def reformat(w: int, h: int, to: str) -> av.VideoFrame:
+        if scaler is not None:
+            return scaler.reformat(frame, w, h, to, interpolation=SCALER)
+        return frame.reformat(w, h, to, interpolation=SCALER)
+
+    if orientation.upright:
+        return reformat(width, height, fmt)
+    w, h = (height, width) if orientation.swaps_axes else (width, height)
+    if fmt == "rgb24":
+        return av.VideoFrame.from_ndarray(orientation.apply(reformat(w, h, "rgb24").to_ndarray()), format="rgb24")
+    planes = orientation.apply(reformat(w, h, "yuv444p").to_ndarray(), axes=(1, 2))  # [3, height, width]
+    return av.VideoFrame.from_ndarray(planes, format="yuv444p").reformat(format=fmt)
+
+
 def _with_flush(frames):
     yield from frames
     yield -1, None
@@ -248,10 +293,6 @@ def _starts_clip(window: deque, gop: int) -> bool:
 
 
 def _checked_settings(config: Any) -> Any:
-    if config is None:
-        from videolavit.config import load_config
-
-        config = load_config(profile="tiny", params_file=None)
     video = video_section(config)
     problems = []
     for key in ("encode_width", "encode_height"):
@@ -271,17 +312,25 @@ def _checked_settings(config: Any) -> Any:
             problems.append(f"video.{key}={getattr(video, key)} must be positive")
     if len(video.motion_std) != 2:
         problems.append(f"video.motion_std must hold 2 values (x, y), got {list(video.motion_std)}")
+    cap = video.max_frames_per_source_frame
+    if cap is not None and int(cap) < 1:
+        problems.append(f"video.max_frames_per_source_frame={cap} must be at least 1 (or null: no cap)")
+    span = video.max_span_seconds
+    if span is not None and not float(span) > 0:
+        problems.append(f"video.max_span_seconds={span} must be positive (or null: no cap)")
     if problems:
         raise ConfigError("; ".join(problems))
     return video
 
 
-def iter_clips(path: str | Path, config: Any = None, keep_frames: bool = False) -> ClipStream:
-    """The clips of one video, one by one with bounded memory (``config``: a full config or its ``video`` section)."""
+def iter_clips(path: str | Path, config: Any, keep_frames: bool = False) -> ClipStream:
+    """The clips of one video, one by one with bounded memory (``config``: the ``video`` section, or a full config).
+
+    Once iterated, the stream's ``truncated`` (and ``source.errors``) tell whether part of the file was lost."""
     return ClipStream(path, config, keep_frames)
 
 
-def decompose_video(path: str | Path, config: Any = None, keep_frames: bool = False) -> Decomposition:
+def decompose_video(path: str | Path, config: Any, keep_frames: bool = False) -> Decomposition:
     """Decompose a video into keyframe + motion clips (see :class:`ClipStream` for the policies and errors)."""
     stream = ClipStream(path, config, keep_frames)
     clips = list(stream)

@@ -8,6 +8,8 @@ from typing import Any, Optional
 import av
 import numpy as np
 
+from videolavit.errors import ConfigError
+
 MACROBLOCK = 16  # MPEG-4 Part 2 motion vectors are per 16×16 macroblock (8×8 with 4MV, averaged here)
 _I_FRAME = av.video.frame.PictureType.I
 _NO_TYPE = av.video.frame.PictureType.NONE
@@ -122,7 +124,11 @@ def resize_grid(motion: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def video_section(config: Any) -> Any:
-    """The ``video`` section of a full config, or the argument itself when it already is that section."""
+    """The ``video`` section of a full config, or the argument itself when it already is that section.
+
+    The codec level reads only what it is given: there is no default profile to fall back on."""
+    if config is None:
+        raise ConfigError("the video functions need the `video` config section (cfg.video), got None")
     section = getattr(config, "video", None)  # DictConfig raises AttributeError for a missing key
     return config if section is None else section
 
@@ -146,19 +152,11 @@ def _apply(motion: Any, factors: np.ndarray, axis: int) -> Any:
     return (motion * factors.reshape(shape)).astype(dtype, copy=False)
 
 
-def normalize_motion(mv_px: Any, config: Any = None, axis: int = 0) -> Any:
+def normalize_motion(mv_px: Any, config: Any, axis: int = 0) -> Any:
     """px/frame at the encode size (x, y on ``axis``) → tokenizer input: ÷ encode width/height ÷ std × rescale."""
-    return _apply(mv_px, _scale(_default(config)), axis)
+    return _apply(mv_px, _scale(config), axis)
 
 
-def denormalize_motion(motion: Any, config: Any = None, axis: int = 0) -> Any:
+def denormalize_motion(motion: Any, config: Any, axis: int = 0) -> Any:
     """The inverse of :func:`normalize_motion`: tokenizer-scale motion → px/frame at the encode size."""
-    return _apply(motion, 1.0 / _scale(_default(config)), axis)
-
-
-def _default(config: Any) -> Any:
-    if config is not None:
-        return config
-    from videolavit.config import load_config
-
-    return load_config(profile="tiny", params_file=None)
+    return _apply(motion, 1.0 / _scale(config), axis)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -9,16 +10,20 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import av
+import numpy as np
 
 from videolavit.errors import (
     CorruptVideoError,
     EmptyVideoError,
     NoVideoStreamError,
+    TimestampGapError,
     UnreadableVideoError,
     VideoNotFoundError,
+    VideoTooLongError,
 )
 
-# Errors PyAV/FFmpeg raise on bad data; anything else is a bug of ours and should surface as such.
+# Errors PyAV/FFmpeg raise on bad data; anything else is a bug of ours and should surface as such. Out of memory
+# (av.error.MemoryError is an FFmpegError too) is this machine's fault, never the file's: each handler re-raises it.
 DECODE_ERRORS = (av.error.FFmpegError, OSError, ValueError, EOFError)
 # Give up on a stream after this many undecodable packets in a row (a damaged file, not a glitch).
 MAX_CONSECUTIVE_BAD_PACKETS = 32
@@ -28,6 +33,37 @@ LOOKAHEAD = 18
 FAST_DECODE = {"skip_loop_filter": "all", "flags2": "+fast"}
 # Drop never-shown non-reference frames before decoding (exact: the output does not change; tests switch it off).
 SKIP_UNSHOWN = True
+# Frame rate of a stream that has neither timestamps, a container rate nor a codec (VUI) rate: FFmpeg's own default.
+FALLBACK_FPS = 25
+
+
+@dataclass(frozen=True)
+class Orientation:
+    """How a player turns the decoded picture for display: ``turns`` quarter turns counter-clockwise, then a mirror
+    (left-right) when ``mirror``; together the eight EXIF orientations."""
+
+    turns: int = 0  # 0..3
+    mirror: bool = False
+
+    @property
+    def upright(self) -> bool:
+        return self.turns == 0 and not self.mirror
+
+    @property
+    def swaps_axes(self) -> bool:
+        return self.turns % 2 == 1
+
+    @property
+    def degrees(self) -> int:
+        return 90 * self.turns
+
+    def apply(self, image: np.ndarray, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+        """Coded picture → as displayed; ``axes`` are its (rows, columns): [H, W, C] by default, (1, 2) for planes."""
+        out = np.rot90(image, self.turns, axes=axes)
+        return np.ascontiguousarray(np.flip(out, axis=axes[1]) if self.mirror else out)
+
+
+UPRIGHT = Orientation()
 
 
 @dataclass
@@ -44,6 +80,8 @@ class SourceInfo:
     bad_packets: int = 0
     end_time: float = 0.0  # seconds after the first frame where the last decoded frame stops showing
     stopped_early: bool = False  # max_source_frames was reached
+    orientation: Orientation = UPRIGHT  # what a player does to the decoded picture (display matrix / rotate tag)
+    stream_index: int = -1  # the video stream chosen among the container's (see open_video)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -73,10 +111,12 @@ def check_file(path: str | Path) -> Path:
 
 
 def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.stream.VideoStream]:
-    """Open a container and its first video stream; every failure is a VideoError naming the file."""
+    """Open a container and its main video stream (:func:`best_video_stream`); every failure is a VideoError."""
     path = check_file(path)
     try:
         container = av.open(str(path), mode="r", metadata_errors="ignore")
+    except MemoryError:
+        raise
     except DECODE_ERRORS as exc:
         if _mp4_without_index(path):
             why = "an MP4 file without its index (moov box): truncated, or still being written"
@@ -86,11 +126,43 @@ def open_video(path: str | Path) -> tuple[av.container.InputContainer, av.video.
         kinds = sorted({s.type for s in container.streams}) or ["no streams"]
         container.close()
         raise NoVideoStreamError(path, f"the container has no video stream (it holds: {', '.join(kinds)})")
-    stream = container.streams.video[0]
+    stream = best_video_stream(container.streams.video)
     if stream.codec_context is None:
         container.close()
         raise UnreadableVideoError(path, f"no decoder for the video codec '{stream.codec_tag or 'unknown'}'")
     return container, stream
+
+
+def best_video_stream(streams) -> av.video.stream.VideoStream:
+    """The stream a player would show, as FFmpeg picks it: decodable before not, a moving picture before cover art
+    (an attached picture), then the largest frame area, the default disposition, the highest bit rate, the first."""
+
+    def rank(stream) -> tuple:
+        context = stream.codec_context
+        cover = bool(stream.disposition & av.stream.Disposition.attached_pic)
+        default = bool(stream.disposition & av.stream.Disposition.default)
+        area = (context.width * context.height) if context is not None else 0
+        return (context is not None, not cover, area, default, int(context.bit_rate or 0) if context else 0)
+
+    return max(streams, key=rank)  # max keeps the first of equals
+
+
+def stream_orientation(stream, frame: av.VideoFrame) -> Orientation:
+    """The display matrix a decoded frame carries (FFmpeg copies the container's onto each frame), else the stream's
+    ``rotate`` tag (clockwise degrees, as older FFmpeg wrote it), rounded to whole quarter turns."""
+    for side in frame.side_data:
+        if getattr(side.type, "name", "") == "DISPLAYMATRIX":
+            m = np.frombuffer(bytes(side), dtype=np.int32).astype(np.int64)  # 3×3, 16.16 fixed point, row major
+            a, b, c, d = (int(v) for v in (m[0], m[1], m[3], m[4]))
+            # The matrix is R(θ) with its first column negated when mirrored: θ counter-clockwise = atan2(-b, d).
+            turns = round(math.degrees(math.atan2(-b, d)) / 90) % 4
+            return Orientation(turns, a * d - b * c < 0)
+    tags = {str(k).lower(): v for k, v in (stream.metadata or {}).items()}
+    try:
+        clockwise = float(tags.get("rotate", 0) or 0)
+    except ValueError:
+        return UPRIGHT  # an unreadable tag: show the picture as coded, as players do
+    return Orientation(round(-clockwise / 90) % 4, False)
 
 
 def iter_resampled(
@@ -101,6 +173,8 @@ def iter_resampled(
     threads: int = 1,
     opened: Optional[tuple] = None,
     fast: bool = False,
+    max_frames_per_source_frame: Optional[int] = None,
+    max_span_seconds: Optional[float] = None,
 ) -> Iterator[tuple[int, av.VideoFrame]]:
     """Yield ``(k, frame)`` for k = 0, 1, …: the latest source frame whose time ≤ k / fps (after the first frame).
 
@@ -108,6 +182,8 @@ def iter_resampled(
     at most the decoder's own buffers and one held frame are in memory. ``info`` is updated as decoding goes.
     ``opened`` is a ``(container, stream)`` pair from :func:`open_video` to reuse (it is closed at the end).
     ``fast`` skips the decoder's deblocking filter and allows its inexact shortcuts (``video.fast_decode``).
+    A source frame that would fill more than ``max_frames_per_source_frame`` outputs (a timestamp gap) raises
+    TimestampGapError, a frame later than ``max_span_seconds`` VideoTooLongError, before any of it is yielded.
     """
     step = Fraction(fps).limit_denominator(1_000_000)
     if step <= 0:
@@ -119,32 +195,42 @@ def iter_resampled(
         stream.thread_count = max(0, int(threads))
         if fast:  # read when the decoder opens, at the first packet
             stream.codec_context.options = {**stream.codec_context.options, **FAST_DECODE}
+        info.stream_index = stream.index
         rate = stream.average_rate or stream.guessed_rate
         info.fps = float(rate) if rate else 0.0
         info.declared_frames = int(stream.frames or 0)
         if stream.duration and stream.time_base:
             info.declared_duration = float(stream.duration * stream.time_base)
-        frame_duration = Fraction(1, 1) / Fraction(rate) if rate else Fraction(1, 25)
         clock = _Clock(step, stream.time_base)
+        caps = _Caps(path, clock, fps, max_frames_per_source_frame, max_span_seconds)
 
         k = 0
         start: Optional[int | Fraction] = None
         planner = _ShownFrames(clock)
         held: Optional[av.VideoFrame] = None
         held_time: int | Fraction = 0
-        # max_source_frames caps the span: the first N frames at the declared rate (a time limit under VFR).
-        limit = clock.ticks(max_source_frames * frame_duration) if max_source_frames is not None else None
+        frame_duration = Fraction(1, FALLBACK_FPS)
+        limit = None
         for frame in _decode_frames(container, stream, info, planner):
+            if start is None:
+                rate = _untimed_rate(stream, frame) or rate
+                info.fps = float(rate) if rate else info.fps
+                frame_duration = 1 / Fraction(rate) if rate else frame_duration
+                # max_source_frames caps the span: the first N frames at the declared rate (a time limit under VFR).
+                if max_source_frames is not None:
+                    limit = clock.ticks(max_source_frames * frame_duration) - clock.slack
             time = clock.frame_time(frame, info.decoded_frames, frame_duration)
             info.decoded_frames += 1
             if start is None:
                 start, planner.start = time, frame.pts
                 info.size = (frame.width, frame.height)
-            time -= start
+                info.orientation = stream_orientation(stream, frame)
+            time -= start + clock.slack  # see _Clock.slack
             if limit is not None and time >= limit:
                 info.stopped_early = True
                 break
             if held is not None and time > held_time:
+                caps.check(k, held_time, time)
                 while clock.instant(k) < time:  # every output instant before this frame shows the held one
                     yield k, held
                     k += 1
@@ -153,7 +239,8 @@ def iter_resampled(
         if held is not None:
             end = held_time + clock.held_duration(held, frame_duration)
             end = min(end, limit) if limit is not None else end
-            info.end_time = clock.seconds(end)
+            caps.check(k, held_time, end)
+            info.end_time = clock.seconds(end + clock.slack)
             while k == 0 or clock.instant(k) < end:
                 yield k, held
                 k += 1
@@ -161,6 +248,44 @@ def iter_resampled(
             info.fps = info.decoded_frames / info.end_time
     finally:
         container.close()
+
+
+def _untimed_rate(stream, frame: av.VideoFrame) -> Optional[Fraction]:
+    """The codec's own rate (H.264/HEVC VUI timing) for a stream whose frames carry no timestamps (a raw elementary
+    stream), where the container's rate is only the demuxer's default; None otherwise."""
+    if frame.pts is not None and frame.time_base:
+        return None
+    vui = stream.codec_context.framerate
+    return Fraction(vui) if vui and vui > 0 else None
+
+
+class _Caps:
+    """The resampler's bounds: one source frame fills at most ``per_frame`` outputs, and no frame is later than
+    ``span`` seconds; past either the video is rejected before anything of it is repeated."""
+
+    def __init__(self, path, clock: "_Clock", fps: float, per_frame: Optional[int], span: Optional[float]):
+        self.path, self.clock, self.fps, self.per_frame, self.span = path, clock, fps, per_frame, span
+        self.span_ticks = clock.ticks(Fraction(span)) if span is not None else None
+
+    def check(self, k: int, held_time, until) -> None:
+        """The frame held from ``held_time`` is shown at output instants k… before ``until`` (ticks)."""
+        clock = self.clock
+        if self.span_ticks is not None and until > self.span_ticks:
+            raise VideoTooLongError(
+                self.path,
+                f"it runs past {self.span:g} s (a frame until {clock.seconds(until):.1f} s after the first), over "
+                f"video.max_span_seconds={self.span:g}: raise it, or decode only the start with video.max_source_frames",
+            )
+        if self.per_frame is None:
+            return
+        repeats = max(1, -(-until // clock.per_instant)) - k  # instants before `until` not yet yielded
+        if repeats > self.per_frame:
+            raise TimestampGapError(
+                self.path,
+                f"the frame at {clock.seconds(held_time):.2f} s would be repeated {repeats} times at {self.fps:g} fps "
+                f"(shown for {clock.seconds(until - held_time):.1f} s: a gap in its timestamps), over "
+                f"video.max_frames_per_source_frame={self.per_frame}",
+            )
 
 
 class _ShownFrames:
@@ -184,8 +309,9 @@ class _ShownFrames:
         self.recent.append(pts)
         if not SKIP_UNSHOWN or self.start is None or not later:
             return True  # no skipping yet, or its successor is unknown (the last frames): keep it
-        k = max(0, -(-(pts - self.start) * per_pts // self.clock.per_instant))  # first output instant at or after it
-        return self.clock.instant(k) < (min(later) - self.start) * per_pts
+        slack = self.clock.slack  # the resampler's times are earlier by this (see _Clock.slack)
+        k = max(0, -(-((pts - self.start) * per_pts - slack) // self.clock.per_instant))  # first instant at/after it
+        return self.clock.instant(k) < (min(later) - self.start) * per_pts - slack
 
 
 def _decode_frames(container, stream, info: SourceInfo, planner: _ShownFrames) -> Iterator[av.VideoFrame]:
@@ -203,6 +329,8 @@ def _decode_frames(container, stream, info: SourceInfo, planner: _ShownFrames) -
                 ahead.append(next(packets))
             except StopIteration:
                 exhausted = True
+            except MemoryError:
+                raise
             except DECODE_ERRORS as exc:
                 info.errors.append(f"demux: {_reason(exc)}")
                 exhausted = True
@@ -217,6 +345,8 @@ def _decode_frames(container, stream, info: SourceInfo, planner: _ShownFrames) -
                 context.skip_frame = "NONREF" if skipping else "DEFAULT"
         try:
             frames = packet.decode()
+        except MemoryError:
+            raise
         except DECODE_ERRORS as exc:
             info.bad_packets += 1
             bad_in_a_row += 1
@@ -233,6 +363,8 @@ def _decode_frames(container, stream, info: SourceInfo, planner: _ShownFrames) -
         yield from context.decode(None)
     except av.error.EOFError:
         pass  # already drained by the demuxer's final empty packet
+    except MemoryError:
+        raise
     except DECODE_ERRORS as exc:
         info.errors.append(f"flush: {_reason(exc)}")
 
@@ -270,6 +402,10 @@ class _Clock:
         self.scale = base * step.numerator  # ticks per second
         self.per_instant = base * step.denominator  # ticks between output instants (1 / fps seconds)
         self.per_pts = self.time_base.numerator * step.numerator if self.time_base else 0
+        # Half a timestamp unit, taken off every frame time: a container that rounds times to its unit (Matroska and
+        # WebM: 1 ms) puts frame 1 of a 6 fps video at 167 ms, just after the output instant 166.7 ms, which would
+        # otherwise show frame 0 twice and skip frame 1 (FFmpeg's fps filter rounds to the nearest instant too).
+        self.slack = self.per_pts // 2
 
     def ticks(self, seconds: Fraction) -> int | Fraction:
         return seconds * self.scale

@@ -20,9 +20,7 @@ MIN_DISPLAY_WIDTH = 480  # tiny encode sizes (192 px) are too small to read arro
 MIN_ARROW_PX = 0.25  # px/frame below this is codec noise or a still block: no arrow
 
 
-def show_motion(
-    video_path: str | Path, out_path: str | Path, config: Any = None, clip: int = 0, frame: int = 1
-) -> Path:
+def show_motion(video_path: str | Path, out_path: str | Path, config: Any, clip: int = 0, frame: int = 1) -> Path:
     """Draw clip ``clip``'s motion: frame ``frame`` over the keyframe for a .png, every frame for a .gif."""
     out_path = Path(out_path)
     suffix = out_path.suffix.lower()
@@ -56,7 +54,7 @@ def show_motion(
 
 
 def draw_motion(
-    image: np.ndarray, field: np.ndarray, config: Any = None, title: str = "", normalized: bool = True
+    image: np.ndarray, field: np.ndarray, config: Any, title: str = "", normalized: bool = True
 ) -> Image.Image:
     """Arrows of one motion frame over an image, as ``show_motion`` draws them.
 
@@ -80,10 +78,6 @@ def draw_motion(
 
 def _display_settings(config: Any) -> Any:
     """The video section with the kept frames at the encode aspect, at least MIN_DISPLAY_WIDTH wide."""
-    if config is None:
-        from videolavit.config import load_config
-
-        config = load_config(profile="tiny", params_file=None)
     video = OmegaConf.create(OmegaConf.to_container(video_section(config), resolve=True))
     zoom = max(1.0, MIN_DISPLAY_WIDTH / int(video.encode_width))
     video.frames_width = int(round(int(video.encode_width) * zoom))
