@@ -15,7 +15,7 @@ import pytest
 from omegaconf import OmegaConf
 from PIL import Image, ImageFilter
 
-import videolavit.errors as errors
+from videolavit import errors
 from videolavit.config import load_config
 from videolavit.video import decompose_video, denormalize_motion, iter_clips, normalize_motion
 from videolavit.video.io import write_video
@@ -117,7 +117,7 @@ def test_millisecond_timestamps_resample_to_the_nearest_instant(tmp_path, fps, e
     assert shown == pts[::every]
 
 
-# --- rotation ----------------------------------------------------------------------------------------------------------
+# --- rotation ---------------------------------------------------------------------------------------------------------
 
 
 def _coded(display: np.ndarray, turns: int, mirror: bool) -> np.ndarray:

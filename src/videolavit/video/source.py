@@ -274,7 +274,7 @@ class _Caps:
             raise VideoTooLongError(
                 self.path,
                 f"it runs past {self.span:g} s (a frame until {clock.seconds(until):.1f} s after the first), over "
-                f"video.max_span_seconds={self.span:g}: raise it, or decode only the start with video.max_source_frames",
+                f"video.max_span_seconds={self.span:g}: raise it, or take only the start with video.max_source_frames",
             )
         if self.per_frame is None:
             return
