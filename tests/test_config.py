@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from videolavit.config import CONF_DIR, PROFILES, apply_overrides, load_config, parse_overrides, to_flat_dict
+from videolavit.config import (
+    CONF_DIR,
+    PROFILES,
+    apply_overrides,
+    load_config,
+    parse_overrides,
+    to_flat_dict,
+)
 from videolavit.errors import ConfigError
 
 

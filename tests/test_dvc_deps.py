@@ -12,10 +12,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-import dvcdeps  # noqa: E402
-import project_imports  # noqa: E402
+import dvcdeps
+import project_imports
 
-from videolavit.config import STAGES  # noqa: E402
+from videolavit.config import STAGES
 
 DEPS = dvcdeps.read_stages()
 # dynamic imports the walker follows anyway: videolavit.metrics resolves its lazy names through its _EXPORTS dict

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from project_imports import ROOT, SRC, closure, dynamic_imports, module_path  # noqa: E402
+from project_imports import ROOT, SRC, closure, dynamic_imports, module_path
 
 DVC_YAML = ROOT / "dvc.yaml"
 CODE_PREFIX = "src/videolavit/"

@@ -56,12 +56,12 @@ def _nodes(tree: ast.AST):
         stack.extend(ast.iter_child_nodes(node))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse(path: Path) -> ast.AST:
     return ast.parse(path.read_text(), filename=str(path))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _lazy_exports(package: str) -> dict[str, str]:
     """``{name: submodule}`` from the dict literals of a package ``__init__`` whose values name its submodules."""
     path = module_path(package)
@@ -87,7 +87,7 @@ def _resolve_from(module: str, node: ast.ImportFrom, is_package: bool) -> str:
     return ".".join(base + ([node.module] if node.module else []))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def imports_with_lines(module: str) -> tuple[tuple[str, int], ...]:
     """``(imported module, line)`` for every import in ``module``: project modules and third-party top-level names."""
     path = module_path(module)
