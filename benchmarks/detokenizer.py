@@ -49,7 +49,7 @@ def build(size: str, device: torch.device, args):
         image_vae = AutoencoderKL(
             block_out_channels=(128, 256, 512, 512), down_block_types=four, up_block_types=("UpDecoderBlock2D",) * 4,
             layers_per_block=2, latent_channels=4, scaling_factor=0.13025,
-        )  # fmt: skip
+        )
         video_vae = AutoencoderKLTemporalDecoder(
             block_out_channels=(128, 256, 512, 512), down_block_types=four, layers_per_block=2
         )
@@ -59,7 +59,7 @@ def build(size: str, device: torch.device, args):
         video = VideoDetokenizer(
             frames=24, height=args.video_size, width=args.video_size,
             unet=PAPER_UNET, motion_encoder=PAPER_MOTION_ENCODER, sigma_data=1.0, sigma_max=700.0, vae=video_vae,
-        )  # fmt: skip
+        )
         cond, motion = torch.randn(1, 256, 2048), 0.1 * torch.randn(1, 2, 24, 20, 36)
     # fp32 weights; on a GPU the sampling runs under bf16 autocast, as training's bf16-mixed precision
     return keyframe.to(device).eval(), video.to(device).eval(), cond.to(device), motion.to(device)

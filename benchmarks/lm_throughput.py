@@ -33,7 +33,7 @@ def build_model(args, vocab: Vocab):
     torch.manual_seed(0)
     config = {"hidden_size": args.hidden, "num_hidden_layers": args.layers, "num_attention_heads": args.heads,
               "intermediate_size": args.intermediate or int(args.hidden * 8 / 3 // 32 * 32 + 32),
-              "max_position_embeddings": args.seq_len}  # fmt: skip
+              "max_position_embeddings": args.seq_len}
     return build_lm(vocab, config)
 
 
@@ -77,12 +77,12 @@ def lightning_loop(args, vocab: Vocab, batches: list[dict]) -> float:
         cfg = load_config(params_file=None, overrides=[f"paths.runs={tmp}", "tracking.enabled=false",
                                                         f"pretrain.train.max_steps={len(batches)}",
                                                         f"pretrain.train.checkpoint_every_n_steps={10**9}",
-                                                        f"pretrain.train.val_every_n_steps={10**9}"])  # fmt: skip
+                                                        f"pretrain.train.val_every_n_steps={10**9}"])
         module = LanguageModelModule(build_model(args, vocab).train(), vocab, OPTIM, len(batches))
         throughput = TokenThroughput(warmup_steps=args.warmup)
         # the checkpoint callback of make_trainer never fires within the run (every 10^9 steps)
         trainer = make_trainer(cfg, "pretrain", cfg.pretrain.train, callbacks=[throughput], enable_progress_bar=False,
-                               limit_val_batches=0)  # fmt: skip
+                               limit_val_batches=0)
         trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))
     return throughput.tokens_per_second
 
@@ -116,7 +116,7 @@ def main() -> None:
 
     bare = statistics.median(results["bare PyTorch loop"])
     print(f"\nLlama hidden {args.hidden}, {args.layers} layers, {params / 1e6:.2f} M parameters, vocab {vocab.size}, "
-          f"batch {args.batch} × {args.seq_len}, {args.steps} steps, {args.threads} thread(s)")  # fmt: skip
+          f"batch {args.batch} × {args.seq_len}, {args.steps} steps, {args.threads} thread(s)")
     print(f"{'route':28s} {'tokens/s':>10s} {'runs':>18s} {'× bare':>7s} {'overhead':>9s} {'MFU':>7s}")
     for name, values in results.items():
         value = statistics.median(values)

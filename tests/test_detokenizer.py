@@ -52,7 +52,7 @@ def test_paper_video_unet_is_svd_shaped_with_motion_channels():
         model = VideoDetokenizer(
             frames=24, height=384, width=384, unet=PAPER_UNET, motion_encoder=PAPER_MOTION_ENCODER,
             sigma_data=1.0, sigma_max=700.0, vae=_svd_vae(),
-        )  # fmt: skip
+        )
         features = model.motion_encoder(torch.zeros(1, 2, 24, 20, 36))
     config = model.unet.config
     assert config.in_channels == 10 and config.out_channels == 4  # 4 noisy + 4 keyframe latent + 2 motion

@@ -65,7 +65,7 @@ def _seam_error(detokenizers, constraint: str) -> float:
     out = generate_long_video(
         keyframe, render, conds, motions, video_size=(8, 8), noise_constraint=constraint, inverse_rate=0.85,
         keyframe_steps=10, generator=torch.Generator().manual_seed(0),
-    )  # fmt: skip
+    )
     errors = []
     for i in range(1, 3):
         last = torch.nn.functional.interpolate(out.frames[:, i * (T - 1)], size=(16, 16), mode="bicubic").clamp(-1, 1)

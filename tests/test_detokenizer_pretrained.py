@@ -19,7 +19,7 @@ def _tiny_vae_kl():
         block_out_channels=(8, 16), layers_per_block=1,
         down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
         latent_channels=4, norm_num_groups=8, sample_size=16, scaling_factor=0.5,
-    )  # fmt: skip
+    )
 
 
 def _tiny_svd(folder, in_channels=8, block_out_channels=(32, 64)):
@@ -48,7 +48,7 @@ def test_keyframe_detokenizer_in_a_local_vae_latent_space_round_trips(tmp_path):
         norm_num_groups=8,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=64, attention_head_dim=8,
-    )  # fmt: skip
+    )
     pretrained_unet.save_pretrained(tmp_path / "sd" / "unet")
 
     model = KeyframeDetokenizer(

@@ -43,11 +43,11 @@ def write_tokenizers(models_dir: Path) -> None:
     VisualTokenizer(
         image_size=S, patch_size=8, width=32, depth=1, heads=2, mlp_ratio=2.0, merger_depth=1, decoder_depth=1,
         code_dim=8, codebook_size=16, kmeans_init=False,
-    ).save_pretrained(models_dir / "visual_tokenizer")  # fmt: skip
+    ).save_pretrained(models_dir / "visual_tokenizer")
     MotionTokenizer(
         frames=T, height=8, width=12, dim=16, depth=2, heads=2, downsample_after=[0, 1], downsample_strides=[[2, 2, 2], [2, 2, 2]],
         code_dim=8, codebook_size=16, kmeans_init=False,
-    ).save_pretrained(models_dir / "motion_tokenizer")  # fmt: skip
+    ).save_pretrained(models_dir / "motion_tokenizer")
 
 
 FAST = (
@@ -76,7 +76,7 @@ METRICS = (
     "val/keyframe_psnr", "val/keyframe_ssim", "val/video_psnr", "val/video_ssim", "val/video_psnr_true_motion",
     "val/video_psnr_static_baseline", "val/video_ssim_static_baseline", "val/video_psnr_warp_baseline",
     "train/keyframe_loss", "train/video_loss",
-)  # fmt: skip
+)
 
 
 @pytest.fixture
@@ -124,7 +124,7 @@ def test_resume_continues_from_the_last_checkpoint(tiny_cfg_factory, workspace):
             *FAST, "tracking.enabled=false", "detokenizer.models=[video]", "detokenizer.eval.clips=1",
             "detokenizer.train.max_steps=3", "detokenizer.train.resume=auto",
         )
-    )  # fmt: skip
+    )
     assert resumed["global_step"] == 3
     assert "val/keyframe_psnr" not in resumed and np.isfinite(resumed["val/video_psnr"])
 
@@ -161,7 +161,7 @@ def test_tokens_condition_trains_on_the_motion_tokenizer_round_trip(tiny_cfg_fac
     seen = {}
     module.video.training_loss = lambda frames, keyframe, motion, generator=None: seen.update(
         motion=motion, keyframe=keyframe, frames=frames
-    ) or torch.zeros(())  # fmt: skip
+    ) or torch.zeros(())
     clip = moving_clip(np.random.default_rng(3))
     batch = {"key": ["a"], "frames": torch.from_numpy(clip["frames"])[None], "motion": torch.from_numpy(clip["motion"])[None]}
     module.losses(module.on_after_batch_transfer(batch, 0))
@@ -223,7 +223,7 @@ def test_a_motion_warp_detokenizer_beats_the_static_baseline_on_moving_clips(tmp
         frames=T, height=H, width=W, unet={"block_out_channels": [32, 32], "num_attention_heads": [1, 1]},
         motion_encoder={"grid": [8, 12], "dim": 16, "depth": 1, "heads": 2},
         keyframe_skip=True, motion_warp=True, motion_std=std, motion_rescale=rescale,
-    ).eval()  # fmt: skip
+    ).eval()
     eval_cfg = SimpleNamespace(batch_size=2, video_steps=1, video_guidance=1.0)
     metrics, _ = evaluate(None, video, tokenizers, records, eval_cfg, seed=0)
     # untrained, it renders the keyframe carried along the motion: the texture moves, the static baseline does not

@@ -14,7 +14,7 @@ from videolavit.errors import ConfigError
 FAST_PROTOCOL = [
     "t2v.samples=2", "t2v.save_samples=1", "t2v.no_motion_ablation=true", "recon.video_clips=1", "recon.keyframes=2",
     "sampling.keyframe_steps=2", "sampling.video_steps=1", "sampling.image_tokens=[1,8]",
-]  # fmt: skip
+]
 
 
 def write_toy_clips(corpus_dir: Path, clips_dir: Path, split: str, frame_size=(8, 8), seed: int = 0) -> int:
@@ -32,7 +32,7 @@ def write_toy_clips(corpus_dir: Path, clips_dir: Path, split: str, frame_size=(8
                     "motion": rng.normal(0, 0.5, (2, 24, 8, 12)).astype(np.float32),
                     "frames": rng.integers(0, 256, (24, *frame_size, 3), dtype=np.uint8),
                     "meta": {"video_id": sample.id, "clip": k, "start_time": 4.0 * k, "split": split, "caption": sample.caption},
-                })  # fmt: skip
+                })
         return writer.written
 
 
@@ -45,7 +45,7 @@ def write_evaluators(cfg, corpus_dir: Path, frame_size=(8, 8)) -> None:
     classifier = VideoAttributeClassifier(attributes, input_size=frame_size, patch=4, channels=[8, 16], feature_dim=16)
     words = WordTokenizer.build(s.caption for s in read_manifest(corpus_dir, "train")).words
     clip = CorpusCLIP(words, embed_dim=16, text_dim=16, text_layers=1, text_heads=2, image_size=frame_size, patch=4,
-                      image_channels=[8, 16])  # fmt: skip
+                      image_channels=[8, 16])
     CorpusEvaluators(classifier, clip).save_pretrained(Path(cfg.paths.models) / "evaluators")
 
 
@@ -65,7 +65,7 @@ def world(tmp_path_factory):
         cfg.paths.corpus, cfg.paths.tokens, train_videos=8, val_videos=2, test_videos=5, images=6, max_clips=3,
         visual_codes=int(cfg.visual_tokenizer.model.codebook_size), motion_codes=int(cfg.motion_tokenizer.model.codebook_size),
         motion_tokens=144, keyframe_tokens=12, frames_per_video=2,
-    )  # fmt: skip
+    )
     build_tiny_models(cfg, vocab, Path(cfg.paths.tokens) / "text_tokenizer")
     write_toy_clips(Path(cfg.paths.corpus), Path(cfg.paths.clips), "test")
     write_evaluators(cfg, Path(cfg.paths.corpus))

@@ -48,7 +48,7 @@ def write_tiny_corpus(root, videos_per_split=(48, 12), seed=0):
                         "keyframe": np.zeros((8, 8, 3), np.uint8), "motion": np.zeros((2, T, 2, 2), np.float32),
                         "meta": {"video_id": vid, "clip": 0, "start_time": 0.0, "split": split, "caption": caption},
                     }
-                )  # fmt: skip
+                )
                 index += 1
         write_manifest(root / "corpus", split, samples)
 
@@ -57,7 +57,7 @@ SMALL = [
     "evaluators.classifier.channels=[16,32]", "evaluators.classifier.feature_dim=32",
     "evaluators.clip.image_channels=[16,32]", "evaluators.clip.embed_dim=32", "evaluators.clip.text_dim=32",
     "evaluators.clip.text_layers=1", "evaluators.train.batch_size=16",
-]  # fmt: skip
+]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def trained(tmp_path_factory):
         overrides=[*paths, *SMALL, "tracking.enabled=false", "compute.threads=1", "evaluators.train.max_steps=60",
                    "evaluators.train.val_every_n_steps=30", "evaluators.optim.lr=3e-3"],
         params_file=None,
-    )  # fmt: skip
+    )
     metrics = evaluators.run(cfg)
     return metrics, root / "models" / "evaluators", root
 

@@ -49,7 +49,7 @@ def build_tiny_models(cfg, vocab: Vocab, tokenizer_dir: Path, frame_size=FRAME_S
         save_lm_checkpoint(lm, tokenizer, vocab, root / stage, motion_tokens_per_clip=motion.tokens_per_clip, stage=stage)
     KeyframeDetokenizer(cond_dim=visual.target_dim, image_size=frame_size).save_pretrained(root / "detokenizer" / "keyframe")
     VideoDetokenizer(frames=motion.frames, height=frame_size[0], width=frame_size[1],
-                     motion_encoder={"grid": [4, 4], "depth": 1}).save_pretrained(root / "detokenizer" / "video")  # fmt: skip
+                     motion_encoder={"grid": [4, 4], "depth": 1}).save_pretrained(root / "detokenizer" / "video")
     return {"motion_tokens": motion.tokens_per_clip, "frames": motion.frames}
 
 
@@ -63,7 +63,7 @@ def zoo(tmp_path_factory):
     cfg = load_config(profile="tiny", overrides=[*paths, "tracking.enabled=false", *FAST], params_file=None)
     tokenizer = make_text_tokenizer(root / "text_tokenizer")
     vocab = Vocab(text_size=len(tokenizer), visual_codes=int(cfg.visual_tokenizer.model.codebook_size),
-                  motion_codes=int(cfg.motion_tokenizer.model.codebook_size))  # fmt: skip
+                  motion_codes=int(cfg.motion_tokenizer.model.codebook_size))
     info = build_tiny_models(cfg, vocab, root / "text_tokenizer")
     return cfg, vocab, info, root
 

@@ -19,7 +19,7 @@ FAST_INSTRUCT = [
     "instruct.train.max_steps=3", "instruct.train.batch_size=2", "instruct.train.val_every_n_steps=3",
     "instruct.train.checkpoint_every_n_steps=3", "instruct.optim.warmup_steps=1", "instruct.eval.max_questions=12",
     "instruct.eval.batch_size=4", "instruct.eval.max_new_tokens=4", "instruct.turns_per_conversation=3",
-]  # fmt: skip
+]
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_labels_mask_everything_but_the_answers(toy_cfg):
 def test_merged_dialogues_keep_every_turn_and_one_placeholder():
     convs = [Conversation(f"c{i}", "vid_1", "video", "train", [{"from": "human", "value": f"<video>\nq{i}?"},
                                                                {"from": "gpt", "value": f"a{i}"}], "appearance")
-             for i in range(5)]  # fmt: skip
+             for i in range(5)]
     convs.append(Conversation("t", None, None, "train", [{"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"}]))
     dialogues = group_dialogues(convs, 2, random.Random(0))
     merged = [pairs for media_id, pairs in dialogues if media_id == "vid_1"]
@@ -76,10 +76,10 @@ def test_merged_dialogues_keep_every_turn_and_one_placeholder():
 def test_a_dialogue_never_holds_a_turn_that_names_another_turns_answer():
     qa = [("What color is the circle?", "red"), ("Is the red circle small or large?", "small"),
           ("What pattern is the background?", "striped"), ("What shape is the red object?", "circle"),
-          ("Describe the video.", "a small red circle on a striped background")]  # fmt: skip
+          ("Describe the video.", "a small red circle on a striped background")]
     convs = [Conversation(f"c{i}", "v", "video", "train", [{"from": "human", "value": "<video>\n" + q},
                                                            {"from": "gpt", "value": a}], "appearance")
-             for i, (q, a) in enumerate(qa)]  # fmt: skip
+             for i, (q, a) in enumerate(qa)]
     for seed in range(5):
         dialogues = group_dialogues(convs, 8, random.Random(seed))
         assert sorted(a for _, pairs in dialogues for _, a in pairs) == sorted(a for _, a in qa)
@@ -117,14 +117,14 @@ def test_chance_levels_come_from_answer_families():
 
     def conv(i, q, a, split="train", kind="appearance"):
         return Conversation(f"c{i}", f"v{i}", "video", split, [{"from": "human", "value": "<video>\n" + q},
-                                                               {"from": "gpt", "value": a}], kind)  # fmt: skip
+                                                               {"from": "gpt", "value": a}], kind)
 
     train = [conv(0, "What color is the circle?", "red"), conv(1, "What color is the circle?", "red"),
              conv(2, "What color is the square?", "blue"), conv(3, "What color is the square?", "green"),
              conv(4, "Which direction does it move?", "left", kind="motion"),
-             conv(5, "Which direction does it move?", "up", kind="motion")]  # fmt: skip
+             conv(5, "Which direction does it move?", "up", kind="motion")]
     test = [conv(6, "What color is the circle?", "green", "test"), conv(7, "What color is the triangle?", "green", "test"),
-            conv(8, "Which direction does it move?", "up", "test", "motion")]  # fmt: skip
+            conv(8, "Which direction does it move?", "up", "test", "motion")]
     items = [{"question": c.conversations[0]["value"], "answer": c.conversations[1]["value"], "type": c.type} for c in test]
     out = qa_baselines(items, train, train + test)
     assert out["val/qa_chance_appearance"] == pytest.approx(1 / 3)  # red, blue, green: linked through shared questions
@@ -162,7 +162,7 @@ def test_batched_answers_equal_one_by_one_greedy_answers(toy_cfg):
     records = load_media_records(toy_cfg.paths.tokens, "test", vocab)
     torch.manual_seed(0)
     model = build_lm(vocab, {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
-                             "max_position_embeddings": 256})  # fmt: skip
+                             "max_position_embeddings": 256})
     media = [r["media"].tolist() for r in records for _ in r["qa"][:2]] + [None]
     questions = [q for r in records for q, _, _ in r["qa"][:2]] + ["What is a circle?"]
     one_by_one = answer_questions(model, tokenizer, vocab, media, questions, max_new_tokens=5, batch_size=1)
@@ -178,7 +178,7 @@ def test_instruct_smoke_reports_qa_by_type_against_chance(toy_cfg):
     pretrain.run(toy_cfg)
     metrics = instruct.run(toy_cfg)
     for key in ("val/loss", "val/qa_acc", "val/qa_acc_appearance", "val/qa_chance_appearance", "val/qa_prior_appearance",
-                "val/qa_chance_motion"):  # fmt: skip
+                "val/qa_chance_motion"):
         assert key in metrics, key
     assert 0 < metrics["val/qa_chance_appearance"] < 1 and 0.0 <= metrics["val/qa_acc_appearance"] <= 1.0
     assert metrics["global_step"] == 3

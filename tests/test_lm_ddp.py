@@ -22,7 +22,7 @@ def test_pretrain_runs_under_ddp_on_two_cpu_processes(tiny_cfg_factory, tmp_path
         sys.executable, "-m", "videolavit.cli", "pretrain", *paths, *SMALL_LM,
         "compute.strategy=ddp", "compute.devices=2", "pretrain.train.max_steps=3", "pretrain.train.batch_size=2",
         "pretrain.train.val_every_n_steps=3", "pretrain.train.checkpoint_every_n_steps=3",
-    ]  # fmt: skip
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -14,7 +14,7 @@ from videolavit.models.motion_tokenizer import MotionTokenizer, count_parameters
 SMALL = dict(
     frames=8, height=4, width=6, dim=16, depth=2, heads=2, downsample_after=[1, 2],
     downsample_strides=[[2, 2, 2], [2, 1, 1]], code_dim=8, codebook_size=32,
-)  # fmt: skip
+)
 
 
 def small_model(**overrides) -> MotionTokenizer:

@@ -10,7 +10,7 @@ import pytest
 from videolavit.data.lm_data import (
     IGNORE_INDEX, MEDIA_FIRST, TEXT_FIRST, PretrainSamples, PretrainStream, collate_windows, fit_media, media_units,
     mixed_samples, pack_windows, pair_sample,
-)  # fmt: skip
+)
 from videolavit.vocab import Vocab
 
 VOCAB = Vocab(text_size=50, visual_codes=20, motion_codes=10)
@@ -34,7 +34,7 @@ def _record(kind: str, clips: int = 2, caption_len: int = 5, seed: int = 0) -> d
         media, spans = VOCAB.image_span([seed % 20, 3, 4]), []
     caption = np.arange(10 + seed % 7, 10 + seed % 7 + caption_len, dtype=np.int32)
     return {"id": f"{kind}{seed}", "kind": kind, "media": np.asarray(media, dtype=np.int32),
-            "units": media_units(media, spans, VOCAB), "caption": caption, "qa": []}  # fmt: skip
+            "units": media_units(media, spans, VOCAB), "caption": caption, "qa": []}
 
 
 def _clip_spans_whole(window: list[int]) -> bool:

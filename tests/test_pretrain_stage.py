@@ -15,16 +15,16 @@ SMALL_LM = [
     "lm.model.config.hidden_size=32", "lm.model.config.num_hidden_layers=1", "lm.model.config.num_attention_heads=2",
     "lm.model.config.num_key_value_heads=2", "lm.model.config.intermediate_size=64",
     "lm.model.config.max_position_embeddings=256", "lm.seq_len=192", "compute.threads=1", "tracking.enabled=false",
-]  # fmt: skip
+]
 FAST_PRETRAIN = [
     "pretrain.train.max_steps=4", "pretrain.train.batch_size=2", "pretrain.train.val_every_n_steps=2",
     "pretrain.train.checkpoint_every_n_steps=2", "pretrain.optim.warmup_steps=1",
-]  # fmt: skip
+]
 
 
 def make_toy_tokens(cfg) -> None:
     write_toy_token_corpus(cfg.paths.corpus, cfg.paths.tokens, train_videos=8, val_videos=3, test_videos=3, images=4,
-                           visual_codes=64, motion_codes=48, keyframe_tokens=8, motion_tokens=6, text_vocab_size=300)  # fmt: skip
+                           visual_codes=64, motion_codes=48, keyframe_tokens=8, motion_tokens=6, text_vocab_size=300)
 
 
 @pytest.fixture

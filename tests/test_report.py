@@ -62,19 +62,19 @@ def test_report_renders_paper_rows_run_rows_and_missing_cells(tiny_cfg_factory, 
             "t2v/fvd_corpus": 12.345, "t2v/clipsim_corpus": 0.41234, "t2v/attribute_acc": 0.5,
             "tokens/saving": 0.896, "tokens/motion_per_clip": 144, "recon/motion_epe": 0.321,
         },
-    )  # fmt: skip
+    )
     n36 = {"qa/video_acc": 0.2, "tokens/motion_per_clip": 36}
     _log_run(store, "evaluate", n36, {"videolavit.ablation": "tokens_36"}, name="n36")
     _log_run(
         store, "motion_tokenizer", {"train/loss": 0.5, "val/epe": 0.2},
         history={"train/loss": [1.0, 0.7, 0.5], "val/epe": [0.4, 0.2]},
-    )  # fmt: skip
+    )
     metrics, reports = _run_report(tiny_cfg_factory, store)
 
     md = (reports / "tables.md").read_text()
     tex = (reports / "tables.tex").read_text()
     for title in ("Zero-shot video question answering", "Zero-shot text-to-video generation",
-                  "Ablation: motion tokenization", "Ablation: number of motion tokens N per clip"):  # fmt: skip
+                  "Ablation: motion tokenization", "Ablation: number of motion tokens N per clip"):
         assert f"## {title}" in md and title in tex
     for table in (2, 4, 6, 7):
         assert f"arXiv 2402.03161v3, Table {table}" in md
@@ -123,7 +123,7 @@ def test_latest_main_run_skips_ablations_sweeps_and_older_runs():
     index = RunIndex(
         [run(1, "evaluate"), run(2, "evaluate"), run(3, "evaluate", **{"videolavit.ablation": "tokens_101"}),
          run(4, "evaluate", **{"optuna.study": "s"}), run(5, "evaluate", {}, **{"videolavit.ablation": "tokens_36"})]
-    )  # fmt: skip
+    )
     assert index.latest("evaluate").run_id == "id2"
     assert index.latest("evaluate", main=False).run_id == "id5"
     # one row per N, the newest run for each; N from the metric, else from the ablation tag; sweep trials never
@@ -152,7 +152,7 @@ def test_report_draws_pareto_front_of_latest_multi_objective_sweep(tiny_cfg_fact
         _log_run(
             store, "motion_tokenizer", {"val/epe": epe, "tokens_per_clip": tokens},
             {"optuna.study": "mt-multi", "optuna.trial": str(trial), "optuna.mode": "multi"}, name=f"trial{trial}",
-        )  # fmt: skip
+        )
     metrics, reports = _run_report(tiny_cfg_factory, store)
     assert (reports / "figures" / "pareto_mt-multi.png").is_file()
     assert metrics["report/figures"] == 1  # sweep trials are not the stage's main run: no curves from them

@@ -20,7 +20,7 @@ from videolavit.vocab import IMAGE, MOTION
 FRAMES, MOTION_TOKENS = 8, 12  # frames per clip; the small motion tokenizer's 2×2×3 grid
 VISUAL = dict(image_size=32, patch_size=8, width=32, depth=1, heads=2, merger_depth=1, decoder_depth=1, code_dim=8, codebook_size=32)
 MOTION_MODEL = dict(frames=FRAMES, height=4, width=6, dim=16, depth=2, heads=2, downsample_after=[1, 2],
-                    downsample_strides=[[2, 2, 2], [2, 1, 1]], code_dim=8, codebook_size=32)  # fmt: skip
+                    downsample_strides=[[2, 2, 2], [2, 1, 1]], code_dim=8, codebook_size=32)
 # video id → clip indices, in the order the shards hold them (v0's clips out of time order on purpose)
 CLIPS = {"train": {"v0": [1, 0], "v1": [0]}, "val": {"w0": [0]}, "test": {"t0": [0]}}
 VIDEOS = {"train": ["v0", "v1", "v_rejected", "v_lost"], "val": ["w0"], "test": ["t0"]}
@@ -46,13 +46,13 @@ def write_corpus(root) -> None:
             Sample(v, "video", f"videos/{v}.mp4", caption=f"a red square moves left in {v}",
                    qa=[QA("Which direction does it move?", "left", "motion"), QA("What color is it?", "red", "appearance")])
             for v in VIDEOS[split]
-        ]  # fmt: skip
+        ]
         for name in IMAGES[split]:
             path = root / "corpus" / "images" / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (20, 28, 3), dtype=np.uint8)).save(path)
             samples.append(Sample(name, "image", f"images/{name}.png", caption=f"a blue circle in {name}",
-                                  qa=[QA("What shape is it?", "circle", "appearance")]))  # fmt: skip
+                                  qa=[QA("What shape is it?", "circle", "appearance")]))
         write_manifest(root / "corpus", split, samples)
         with ClipShardWriter(root / "clips", split, clips_per_shard=2) as writer:
             for video, clips in CLIPS[split].items():
@@ -62,10 +62,10 @@ def write_corpus(root) -> None:
     write_instruct(root / "corpus", [
         Conversation("c0", "v0", "video", "train", [{"from": "human", "value": "<video>\nWhich direction?"},
                                                     {"from": "gpt", "value": "left"}], "motion"),
-    ])  # fmt: skip
+    ])
     (root / "clips" / "rejects.jsonl").write_text(
         json.dumps({"id": "v_rejected", "path": "videos/v_rejected.mp4", "split": "train", "error": "CorruptVideoError",
-                    "message": "x"}) + "\n"  # fmt: skip
+                    "message": "x"}) + "\n"
     )
 
 
@@ -160,7 +160,7 @@ def test_token_counts_and_savings_follow_the_stated_formulas(tokenized):
     cfg, metrics, visual, _ = tokenized
     vocab = vocab_from_meta(read_token_meta(cfg.paths.tokens))
     clips = [s for split in ("train", "val", "test") for r in iter_token_records(cfg.paths.tokens, split, kind="video")
-             for s in vocab.parse(r["media"]) if s.kind == IMAGE]  # fmt: skip
+             for s in vocab.parse(r["media"]) if s.kind == IMAGE]
     assert metrics["clips"] == len(clips) == 5
     assert metrics["tokens_per_clip"] == pytest.approx(np.mean([len(s.values) + MOTION_TOKENS + 4 for s in clips]))
     # the baseline split (val) has one clip: its 8 frames tokenized one by one, + [IMG] [/IMG] each

@@ -13,7 +13,7 @@ TINY = dict(
     image_size=64, patch_size=8, width=64, depth=2, heads=4, mlp_ratio=4.0,
     merger_depth=1, decoder_depth=2, code_dim=16, codebook_size=64, train_selection="deterministic",
     pixel_target_size=4, saliency_prior=4.0,
-)  # fmt: skip
+)
 
 
 def shapes_images(n: int, seed: int) -> torch.Tensor:

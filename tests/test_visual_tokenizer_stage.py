@@ -27,7 +27,7 @@ SMALL = [
     "visual_tokenizer.optim.warmup_steps=1", "visual_tokenizer.train.batch_size=4",
     "visual_tokenizer.train.max_steps=4", "visual_tokenizer.train.val_every_n_steps=2",
     "visual_tokenizer.train.checkpoint_every_n_steps=2", "visual_tokenizer.sample_images=2",
-]  # fmt: skip
+]
 
 
 def blocks(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -50,7 +50,7 @@ def write_inputs(root, train_clips=TRAIN_CLIPS, val_clips=VAL_CLIPS, train_image
                     "key": f"{split}_v{i}__c000", "keyframe": blocks(rng, KEYFRAME, KEYFRAME),
                     "motion": np.zeros((2, 4, 2, 3), np.float32),
                     "meta": {"video_id": f"{split}_v{i}", "clip": 0, "split": split, "caption": "", "start_time": 0.0},
-                })  # fmt: skip
+                })
         samples = []
         for i in range(images):
             path = root / "corpus" / "images" / f"{split}_img{i}.png"
@@ -74,7 +74,7 @@ def test_stage_trains_saves_and_reports_token_metrics(vt_cfg, tmp_path):
     assert metrics["global_step"] == 4
     for key in ("val/rec_loss", "val/tokens_per_image", "val/tokens_per_image_std", "val/keep_fraction",
                 "val/codebook_usage", "val/perplexity", "val/rec_loss_mean_color_baseline",
-                "val/rec_loss_random_codes"):  # fmt: skip
+                "val/rec_loss_random_codes"):
         assert np.isfinite(metrics[key]), key
     assert 1 <= metrics["val/tokens_per_image"] <= 16 and metrics["val/tokens_per_image_std"] >= 0
     assert metrics["val/keep_fraction"] == pytest.approx(metrics["val/tokens_per_image"] / 16)
@@ -124,7 +124,7 @@ def test_resumed_run_ends_where_an_uninterrupted_run_ends(tiny_cfg_factory, tmp_
     make = lambda name, *o: tiny_cfg_factory(  # noqa: E731
         "tracking.enabled=false", *SMALL, f"paths.models={tmp_path / name / 'models'}",
         f"paths.runs={tmp_path / name / 'runs'}", f"paths.metrics={tmp_path / name / 'metrics'}", *o,
-    )  # fmt: skip
+    )
     whole = visual_tokenizer.run(make("whole"))
     first = visual_tokenizer.fit(make("parts"), callbacks=[StopAt(2)])
     assert first["global_step"] == 2
@@ -143,7 +143,7 @@ def test_a_local_teacher_is_the_target_and_stays_out_of_checkpoints(vt_cfg, tmp_
 
     torch.manual_seed(0)
     teacher = CLIPVisionConfig(image_size=KEYFRAME, patch_size=8, hidden_size=24, intermediate_size=48,
-                               num_hidden_layers=1, num_attention_heads=2)  # fmt: skip
+                               num_hidden_layers=1, num_attention_heads=2)
     CLIPVisionModel(teacher).save_pretrained(tmp_path / "teacher")
     cfg = vt_cfg(f"visual_tokenizer.model.teacher_path={tmp_path / 'teacher'}", "visual_tokenizer.train.max_steps=2")
     first = visual_tokenizer.run(cfg)
@@ -151,7 +151,7 @@ def test_a_local_teacher_is_the_target_and_stays_out_of_checkpoints(vt_cfg, tmp_
     ckpt = torch.load(tmp_path / "runs" / "visual_tokenizer" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["state_dict"] and not any(k.startswith("model.teacher.") for k in ckpt["state_dict"])
     resumed = visual_tokenizer.run(vt_cfg(f"visual_tokenizer.model.teacher_path={tmp_path / 'teacher'}",
-                                          "visual_tokenizer.train.max_steps=3", "visual_tokenizer.train.resume=auto"))  # fmt: skip
+                                          "visual_tokenizer.train.max_steps=3", "visual_tokenizer.train.resume=auto"))
     assert resumed["global_step"] == 3
     model = VisualTokenizer.from_pretrained(tmp_path / "models" / "visual_tokenizer")
     assert model.teacher is not None and model.target_dim == 24

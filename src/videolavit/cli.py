@@ -164,7 +164,7 @@ def generate_cli(cfg, prompt: str, out: Optional[str] = None) -> str:
     visual = sum(len(v) for v in video.visual_codes)
     motion = sum(len(m) for m in video.motion_codes)
     return (f"{', '.join(str(p) for p in written)}: {video.clips} clip(s), {len(video.frames)} frames at "
-            f"{video.fps:g} fps from {visual} visual + {motion} motion tokens")  # fmt: skip
+            f"{video.fps:g} fps from {visual} visual + {motion} motion tokens")
 
 
 def _slug(text: str) -> str:

@@ -220,7 +220,7 @@ class ClipDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=self.batch_size, collate_fn=collate_clips, num_workers=workers,
             generator=self._generator(), persistent_workers=False,
-        )  # fmt: skip
+        )
 
     def _eval_dataloader(self, split: str) -> DataLoader:
         if self._use_memory(split):
@@ -233,7 +233,7 @@ class ClipDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_clips, num_workers=workers,
             generator=self._generator(),
-        )  # fmt: skip
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_dataloader("val")
@@ -415,7 +415,7 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_images, num_workers=workers,
             generator=self._generator(),
-        )  # fmt: skip
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_dataloader("val")

@@ -54,7 +54,7 @@ def group_dialogues(convs: Sequence[Any], turns: int, rng: random.Random) -> lis
     dialogues = []
     for conv in convs:
         pairs = [(conv.conversations[i]["value"], conv.conversations[i + 1]["value"])
-                 for i in range(0, len(conv.conversations) - 1, 2)]  # fmt: skip
+                 for i in range(0, len(conv.conversations) - 1, 2)]
         if conv.media_id is None or turns <= 1:
             dialogues.append((conv.media_id, pairs))
         else:
@@ -78,7 +78,7 @@ class InstructSamples:
     """Conversations → ``(input_ids, labels)`` rows with the media spans expanded; too-long dialogues lose turns."""
 
     def __init__(self, convs: Sequence[Any], media: dict[str, dict], tokenizer, vocab: Vocab, template: str,
-                 seq_len: int, turns: int):  # fmt: skip
+                 seq_len: int, turns: int):
         self.media, self.tokenizer, self.vocab, self.template = media, tokenizer, vocab, template
         self.seq_len, self.turns = int(seq_len), int(turns)
         self.convs = [c for c in convs if c.media_id is None or c.media_id in media]
@@ -116,7 +116,7 @@ class InstructStream(IterableDataset):
     """
 
     def __init__(self, samples: InstructSamples, seed: int, batch_size: int, pad_id: int, rank: int = 0, world: int = 1,
-                 start_batch: int = 0, pack: bool = False):  # fmt: skip
+                 start_batch: int = 0, pack: bool = False):
         self.samples, self.seed, self.batch_size, self.pad_id = samples, int(seed), int(batch_size), pad_id
         self.rank, self.world, self.start_batch, self.pack = rank, world, int(start_batch), bool(pack)
 
@@ -169,12 +169,12 @@ class InstructDataModule(LMDataModule):
 
     def samples(self, split: str, turns: Optional[int] = None) -> InstructSamples:
         return InstructSamples(self.conversations(split), self.media(split), self.tokenizer, self.vocab, self.template,
-                               self.seq_len, self.turns if turns is None else turns)  # fmt: skip
+                               self.seq_len, self.turns if turns is None else turns)
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank()
         stream = InstructStream(self.samples("train"), self.seed, self.batch_size, self.pad_id, rank, world,
-                                self._start_batch(), self.pack)  # fmt: skip
+                                self._start_batch(), self.pack)
         return self._loader(stream, None, None, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

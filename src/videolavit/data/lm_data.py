@@ -237,7 +237,7 @@ class PretrainSamples:
     """Builds the samples of each pretraining source from compact records (see ``load_media_records``)."""
 
     def __init__(self, records: list[dict], text_docs: list[list[int]], vocab: Vocab, seq_len: int, bos: int, eos: int,
-                 both_orders: bool = True, qa_sample: Optional[Callable[[dict, tuple], list[int]]] = None):  # fmt: skip
+                 both_orders: bool = True, qa_sample: Optional[Callable[[dict, tuple], list[int]]] = None):
         self.vocab, self.seq_len, self.bos, self.eos = vocab, int(seq_len), int(bos), int(eos)
         orders = (MEDIA_FIRST, TEXT_FIRST) if both_orders else (MEDIA_FIRST,)
         with_caption = [r for r in records if len(r["caption"])]
@@ -287,7 +287,7 @@ class PretrainStream(IterableDataset):
     """Endless collated batches of packed windows for one rank; dataloader workers take turns (round-robin)."""
 
     def __init__(self, make_samples: Callable[[int, int], PretrainSamples], weights: dict, seed: int, batch_size: int,
-                 seq_len: int, lookahead: int, pad_id: int, rank: int = 0, world: int = 1, start_batch: int = 0):  # fmt: skip
+                 seq_len: int, lookahead: int, pad_id: int, rank: int = 0, world: int = 1, start_batch: int = 0):
         self.make_samples, self.weights, self.seed = make_samples, dict(weights), int(seed)
         self.batch_size, self.seq_len, self.lookahead, self.pad_id = int(batch_size), int(seq_len), int(lookahead), pad_id
         self.rank, self.world, self.start_batch = rank, world, int(start_batch)
@@ -355,11 +355,11 @@ class LMDataModule(L.LightningDataModule):
         if not token_shard_paths(self.tokens_dir, split):
             raise MissingArtifactError(f"no '{split}' token shards in '{self.tokens_dir}'. Run `videolavit tokenize` first.")
         return load_media_records(self.tokens_dir, split, self.vocab, self.video_input, part=part, parts=parts,
-                                  bos=self.bos, eos=self.eos)  # fmt: skip
+                                  bos=self.bos, eos=self.eos)
 
     def _loader(self, dataset, batch_size, collate, workers: int = 0) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, shuffle=False,
-                          generator=torch.Generator().manual_seed(self.seed), persistent_workers=False)  # fmt: skip
+                          generator=torch.Generator().manual_seed(self.seed), persistent_workers=False)
 
 
 class PretrainDataModule(LMDataModule):
@@ -390,7 +390,7 @@ class PretrainDataModule(LMDataModule):
         question, answer, _ = qa
         tag = "<video>\n" if record["kind"] == "video" else "<image>\n"
         conv = build_conversation([("user", tag + question), ("assistant", answer)], self.tokenizer,
-                                  media=[record["media"].tolist()], template=self.template, vocab=self.vocab)  # fmt: skip
+                                  media=[record["media"].tolist()], template=self.template, vocab=self.vocab)
         return conv.input_ids
 
     def train_dataloader(self) -> DataLoader:
@@ -398,7 +398,7 @@ class PretrainDataModule(LMDataModule):
         stream = PretrainStream(
             functools.partial(self.samples, "train"), self.weights, self.seed, self.batch_size,
             self.seq_len, self.lookahead, self.pad_id, rank, world, self._start_batch(),
-        )  # fmt: skip
+        )
         return self._loader(stream, None, None, self.num_workers)
 
     def val_windows(self) -> list[list[int]]:

@@ -19,7 +19,7 @@ import numpy as np
 from videolavit.data.manifest import write_instruct, write_manifest, write_meta
 from videolavit.data.synthetic import (
     BACKGROUNDS, COLORS, DIRECTIONS, SHAPES, SIZES, SPEEDS, Geometry, conversations, plan_corpus, to_sample,
-)  # fmt: skip
+)
 from videolavit.data.tokens import TokenShardWriter, write_token_meta
 from videolavit.vocab import Vocab
 
@@ -30,7 +30,7 @@ def _corpus_cfg(train_videos: int, val_videos: int, test_videos: int, images: in
     return SimpleNamespace(
         seed=seed, train_videos=train_videos, val_videos=val_videos, test_videos=test_videos, images=images,
         heldout_pairs=4, min_clips=1, max_clips=max_clips,
-    )  # fmt: skip
+    )
 
 
 class _Codebook:
@@ -158,12 +158,12 @@ def write_toy_token_corpus(
                     {"question": encode(q.question), "answer": encode(q.answer), "question_text": q.question,
                      "answer_text": q.answer, "type": q.type}
                     for q in s.qa
-                ]  # fmt: skip
+                ]
                 writer.write(record)
         counts[split] = len(items)
     write_token_meta(
         tokens_dir,
         {"vocab": {"text_size": vocab.text_size, "visual_codes": visual_codes, "motion_codes": motion_codes},
          "motion_tokens_per_clip": motion_tokens, "counts": counts, "source": "toy"},
-    )  # fmt: skip
+    )
     return vocab

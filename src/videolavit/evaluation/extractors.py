@@ -38,7 +38,7 @@ def build_extractors(cfg: DictConfig, protocol: DictConfig) -> Extractors:
     fvd_kind = ("i3d" if ev.i3d_path else "corpus") if choice.fvd == "auto" else str(choice.fvd)
     clip_kind = ("clip" if ev.clip_path else "corpus") if choice.clipsim == "auto" else str(choice.clipsim)
     for kind, allowed, key in ((fvd_kind, ("i3d", "corpus", "none"), "fvd"),
-                               (clip_kind, ("clip", "corpus", "none"), "clipsim")):  # fmt: skip
+                               (clip_kind, ("clip", "corpus", "none"), "clipsim")):
         if kind not in allowed:
             raise ConfigError(f"protocol extractors.{key} must be auto or one of {allowed}, got {kind!r}")
     if fvd_kind == "i3d" and not ev.i3d_path:
@@ -120,7 +120,7 @@ def fvd_of(ext: Extractors, fake: list[np.ndarray]) -> tuple[Optional[float], st
 
 
 def read_clips(clips_dir, split: str, limit: Optional[int], fields=("keyframe", "motion", "frames", "meta"),
-               stream: bool = False):  # fmt: skip
+               stream: bool = False):
     """The first ``limit`` (None: all) clip records of a split, as a list, or as an iterator with ``stream``."""
     from videolavit.data.shards import iter_clip_records
 

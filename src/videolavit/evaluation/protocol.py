@@ -83,7 +83,7 @@ class EvalProtocol:
 
 LM_SAMPLING = (
     "temperature", "top_k", "top_p", "guidance_scale", "motion_temperature", "motion_guidance_scale", "image_tokens",
-)  # the protocol keys that pin lm.generate; the others pin generate  # fmt: skip
+)  # the protocol keys that pin lm.generate; the others pin generate
 
 
 def load_protocol(name: str, overrides=()) -> tuple[DictConfig, str]:

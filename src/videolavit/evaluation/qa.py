@@ -35,7 +35,7 @@ def balanced_subset(items: list[dict], max_questions: Optional[int], seed: int, 
 
 def _qa_items(records: list[dict], max_questions: Optional[int], seed: int) -> list[dict]:
     items = [{"media_id": r["id"], "kind": r["kind"], "question": f"<{r['kind']}>\n{q}", "answer": a, "type": t or "other"}
-             for r in records for q, a, t in r["qa"]]  # fmt: skip
+             for r in records for q, a, t in r["qa"]]
     return balanced_subset(items, max_questions, seed, key=lambda item: (item["kind"], item["type"]))
 
 
@@ -46,7 +46,7 @@ def qa_items(convs: Sequence[Any], media: dict, max_questions: Optional[int], se
         if conv.type is None or len(conv.conversations) != 2 or (conv.media_id is not None and conv.media_id not in media):
             continue
         items.append({"id": conv.id, "media_id": conv.media_id, "type": conv.type,
-                      "question": conv.conversations[0]["value"], "answer": conv.conversations[1]["value"]})  # fmt: skip
+                      "question": conv.conversations[0]["value"], "answer": conv.conversations[1]["value"]})
     if max_questions is None or len(items) <= max_questions:
         return items
     chosen = balanced_subset(items, max_questions, seed, key=lambda item: item["type"])
@@ -58,7 +58,7 @@ def _conversations(tokens_dir, split: str) -> list:
     from videolavit.data.tokens import iter_token_records
 
     return [SimpleNamespace(type=q.get("type"), conversations=[{"value": q["question_text"]}, {"value": q["answer_text"]}])
-            for r in iter_token_records(tokens_dir, split) for q in r.get("qa", [])]  # fmt: skip
+            for r in iter_token_records(tokens_dir, split) for q in r.get("qa", [])]
 
 
 def accuracy(answers, items, prefix: str) -> dict[str, float]:
@@ -77,17 +77,17 @@ def accuracy(answers, items, prefix: str) -> dict[str, float]:
 
 
 def answer_items(model, tokenizer, vocab, items: Sequence[dict], media: dict, template: str, batch_size: int,
-                 max_new_tokens: int) -> list[str]:  # fmt: skip
+                 max_new_tokens: int) -> list[str]:
     """Greedy answers to ``items``, each with its medium's token ids from ``media`` (none for a text-only item)."""
     from videolavit.inference.qa import answer_questions
 
     media_ids = [media[item["media_id"]]["media"].tolist() if item["media_id"] is not None else None for item in items]
     return answer_questions(model, tokenizer, vocab, media_ids, [item["question"] for item in items],
-                            max_new_tokens=max_new_tokens, template=template, batch_size=batch_size)  # fmt: skip
+                            max_new_tokens=max_new_tokens, template=template, batch_size=batch_size)
 
 
 def score_questions(model, tokenizer, vocab, items: Sequence[dict], media: dict, template: str, batch_size: int,
-                    max_new_tokens: int) -> tuple[dict[str, float], list[dict]]:  # fmt: skip
+                    max_new_tokens: int) -> tuple[dict[str, float], list[dict]]:
     """Greedy answers → ``val/qa_acc`` and ``val/qa_acc_<type>`` / ``val/qa_count_<type>``, plus the predictions."""
     if not items:
         return {}, []
@@ -215,7 +215,7 @@ def evaluate_qa(cfg: DictConfig, protocol: DictConfig, results: Results, out_dir
     if qa.no_motion_ablation:
         no_motion_ablation(cfg, protocol, results, models, video, shards, answer, predictions)
     results.missing([f"{NO_MOTION}qa/video_acc", *(f"{NO_MOTION}qa/video_acc_{t}" for t in QA_TYPES)],
-                    "the no-motion ablation was not run (protocol qa.no_motion_ablation) or had no questions")  # fmt: skip
+                    "the no-motion ablation was not run (protocol qa.no_motion_ablation) or had no questions")
     results.metrics["qa/metric"] = "exact_match"
     results.notes["qa/*"] = NOT_COMPARABLE_WITH_GPT_JUDGED
     if predictions:  # logged with the rest of runs/evaluate
@@ -233,7 +233,7 @@ def no_motion_ablation(cfg, protocol, results: Results, models, video: list, sha
     tok = models.text_tokenizer
     try:
         records = load_media_records(cfg.paths.tokens, protocol.qa.split, shards, "frames_media", bos=tok.bos_token_id,
-                                     eos=tok.eos_token_id)  # fmt: skip
+                                     eos=tok.eos_token_id)
         frames = {r["id"]: r for r in records if r["kind"] == "video"}
     except MissingArtifactError as exc:
         results.notes[f"{NO_MOTION}qa/*"] = str(exc)

@@ -85,7 +85,7 @@ def score_detokenizers(
             sample = keyframe.sample(
                 cond.to(device), int(eval_cfg.keyframe_steps), float(eval_cfg.keyframe_guidance), generator,
                 output_type="float",
-            ).cpu()  # fmt: skip
+            ).cpu()
             real, fake = _u8(target)[:, None], _u8(sample)[:, None]  # [B, 1, 3, H, W]
             kf_scores.update({"sample": fake}, real)
             rows.setdefault("keyframe_true", []).append(real[:, 0])
@@ -105,7 +105,7 @@ def score_detokenizers(
                 out = video.sample(
                     key, field, steps=int(eval_cfg.video_steps), max_guidance=float(eval_cfg.video_guidance),
                     generator=generator,
-                )  # fmt: skip
+                )
                 outputs[name] = _u8(out)
             video_scores.update(outputs, real)
             rows.setdefault("true", []).append(real)

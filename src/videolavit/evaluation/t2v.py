@@ -69,13 +69,13 @@ def evaluate_t2v(cfg: DictConfig, protocol: DictConfig, results: Results, pipe, 
         if i < int(t2v.save_samples):
             written = save_video(video, out_dir / f"t2v_{i:02d}_{sample.id}.mp4", gif=True)
             rows.append({"id": sample.id, "caption": sample.caption, "files": [p.name for p in written],
-                         "visual_tokens": len(visual[0]), "targets": targets[-1]})  # fmt: skip
+                         "visual_tokens": len(visual[0]), "targets": targets[-1]})
     if rows:
         (out_dir / "t2v_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     results.set("count/t2v_samples", float(len(videos)))
     if not videos:
         results.missing([ext.fvd_key, ext.clipsim_key, "t2v/attribute_acc", "t2v/attribute_acc_direction"],
-                        f"no captioned videos in the '{t2v.split}' manifest")  # fmt: skip
+                        f"no captioned videos in the '{t2v.split}' manifest")
         return
     _score_t2v(results, ext, videos, captions, targets, attributes, "")
     if ablated:

@@ -37,7 +37,7 @@ def lm_dir(cfg, instruct: bool) -> Path:
 
 
 def load_models(cfg, lm_path: Optional[str | Path] = None, instruct: bool = False, tokenizers: bool = True,
-                detokenizers: bool = True, device: Optional[str] = None) -> Models:  # fmt: skip
+                detokenizers: bool = True, device: Optional[str] = None) -> Models:
     """The LM (``lm_path``, else per :func:`lm_dir`) plus the tokenizers and detokenizers asked for, checked to agree."""
     from videolavit.errors import require_path
     from videolavit.models.lm_checkpoint import load_lm_checkpoint, read_lm_vocab

@@ -127,13 +127,13 @@ class VideoLaVITPipeline:
             if self.m.visual_tokenizer is not None:  # the visual decoder reads at most one code per patch
                 high = min(high, self.m.visual_tokenizer.num_patches)
             out = generate_span(self.m.lm, history, IMAGE, vocab, (min(low, high), high), g.temperature, g.top_k,
-                                g.top_p, g.guidance_scale, self.generator)  # fmt: skip
+                                g.top_p, g.guidance_scale, self.generator)
             image = [vocab.img_start, *out]
         else:
             image = vocab.image_span(keyframe_codes)
         motion_n = self.m.motion_tokenizer.tokens_per_clip
         out = generate_span(self.m.lm, history + image, MOTION, vocab, motion_n, g.motion_temperature, g.top_k,
-                            g.top_p, g.motion_guidance_scale, self.generator)  # fmt: skip
+                            g.top_p, g.motion_guidance_scale, self.generator)
         return image, [vocab.mov_start, *out]
 
     # -- pixels -------------------------------------------------------------------------------------------------------
@@ -168,14 +168,14 @@ class VideoLaVITPipeline:
         conds = [self.keyframe_condition(v) for v in visual_codes]
         motions = [self.decode_motion(m) for m in motion_codes] if motion is None else [m[None] for m in motion]
         video = functools.partial(vd.sample, steps=int(g.video_steps), max_guidance=float(g.video_guidance),
-                                  generator=self.generator)  # fmt: skip
+                                  generator=self.generator)
         with torch.no_grad():
             out = generate_long_video(
                 self.m.keyframe_detokenizer, video, conds, motions,
                 video_size=(vd.config["height"], vd.config["width"]), noise_constraint=str(g.noise_constraint),
                 inverse_rate=float(g.inverse_rate), keyframe_steps=int(g.keyframe_steps),
                 keyframe_guidance=float(g.keyframe_guidance), generator=self.generator, first_keyframe=first_keyframe,
-            )  # fmt: skip
+            )
         return out.frames, out.keyframes, torch.cat(motions)
 
     def finish(self, ids, visual, motion, frames, keyframes, motion_field) -> GeneratedVideo:
@@ -185,7 +185,7 @@ class VideoLaVITPipeline:
             keyframes=[to_uint8(k[0].permute(1, 2, 0)) for k in keyframes],
             ids=ids, visual_codes=visual, motion_codes=motion,
             motion=motion_field.float().cpu().numpy(), fps=self.fps,
-        )  # fmt: skip
+        )
 
     # -- tasks --------------------------------------------------------------------------------------------------------
 
@@ -229,4 +229,4 @@ class VideoLaVITPipeline:
         template = self.m.lm_info.get("template") or str(self.cfg.lm.template)
         return answer_questions(self.m.lm, self.m.text_tokenizer, self.m.vocab, list(media), list(questions),
                                 max_new_tokens=int(self.cfg.lm.generate.max_answer_tokens), template=template,
-                                batch_size=1)  # fmt: skip
+                                batch_size=1)

@@ -82,7 +82,7 @@ def _generate_batch(model, prompts: list[list[int]], vocab: Vocab, max_new_token
     model.eval()
     try:
         out = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                             logits_processor=LogitsProcessorList([TextOnlyLogitsProcessor(vocab)]))  # fmt: skip
+                             logits_processor=LogitsProcessorList([TextOnlyLogitsProcessor(vocab)]))
     finally:
         model.train(was_training)
     result = []

@@ -121,7 +121,7 @@ class VideoAttributeClassifier(_Pretrained):
         self.config = {
             "attributes": self.attributes, "input_size": list(self.input_size), "patch": int(patch),
             "channels": [int(c) for c in channels], "feature_dim": int(feature_dim), "dropout": float(dropout),
-        }  # fmt: skip
+        }
         # The stem sees 3 consecutive full-resolution frames per patch, so sub-pixel motion (slow objects move under a
         # pixel per frame at the tiny size) is measured before anything is down-sampled; later layers halve T, H, W.
         self.stem = nn.Sequential(
@@ -258,7 +258,7 @@ class CorpusCLIP(_Pretrained):
             "max_words": self.max_words, "embed_dim": int(embed_dim), "text_dim": int(text_dim),
             "text_layers": int(text_layers), "text_heads": int(text_heads), "image_size": list(self.image_size),
             "patch": int(patch), "image_channels": [int(c) for c in image_channels],
-        }  # fmt: skip
+        }
         self.word_embedding = nn.Embedding(len(self.tokenizer), text_dim, padding_idx=0)
         self.text_pos = nn.Parameter(torch.randn(self.max_words, text_dim) * 0.02)
         layer = nn.TransformerEncoderLayer(text_dim, text_heads, 4 * text_dim, dropout=0.0, batch_first=True, norm_first=True)

@@ -25,7 +25,7 @@ def save_lm_checkpoint(model, tokenizer, vocab: Vocab, out_dir, state_dict: Opti
     model.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(str(out))
     info = {"text_size": vocab.text_size, "visual_codes": vocab.visual_codes, "motion_codes": vocab.motion_codes,
-            "size": vocab.size, "special_ids": vocab.special_ids, **extra}  # fmt: skip
+            "size": vocab.size, "special_ids": vocab.special_ids, **extra}
     (out / VOCAB_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return out
 

@@ -147,7 +147,7 @@ class MotionTokenizer(nn.Module):
             mlp_ratio=mlp_ratio, downsample_after=downsample_after, downsample_strides=downsample_strides,
             code_dim=code_dim, codebook_size=codebook_size, ema_decay=ema_decay, kmeans_init=kmeans_init,
             dead_code_threshold=dead_code_threshold, commitment_weight=commitment_weight, attention=attention,
-        )  # fmt: skip
+        )
         self.token_grid = _token_grid((frames, height, width), depth, downsample_after, downsample_strides)
         if attention not in ATTENTION_KINDS:
             raise ConfigError(f"motion tokenizer: attention must be one of {ATTENTION_KINDS}, got {attention!r}")
@@ -168,7 +168,7 @@ class MotionTokenizer(nn.Module):
         self.quantizer = VectorQuantizer(
             code_dim, codebook_size, decay=ema_decay, kmeans_init=kmeans_init,
             dead_code_threshold=dead_code_threshold, commitment_weight=commitment_weight,
-        )  # fmt: skip
+        )
 
         self.decoder_in_proj = nn.Linear(code_dim, dim)
         self.decoder_blocks = nn.ModuleList(SpatioTemporalBlock(dim, heads, mlp_ratio, attention) for _ in range(depth))

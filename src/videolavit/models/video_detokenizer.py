@@ -182,7 +182,7 @@ class VideoDetokenizer(nn.Module):
             "motion_warp": bool(motion_warp),
             "motion_std": [float(s) for s in motion_std] if motion_std is not None else None,
             "motion_rescale": float(motion_rescale) if motion_rescale is not None else None,
-        }  # fmt: skip
+        }
         if motion_warp and not keyframe_skip:
             raise ConfigError("motion_warp sets the base that keyframe_skip diffuses around: it needs keyframe_skip")
         if motion_warp and (motion_std is None or motion_rescale is None):

@@ -12,7 +12,7 @@ _TEX_ESCAPES = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
     "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "✓": r"$\checkmark$", "×": r"$\times$", "—": "---",
     "≥": r"$\geq$", "↔": r"$\leftrightarrow$", "−": "-", "`": "",
-}  # fmt: skip
+}
 
 
 def _md_cell(cell: Cell) -> str:

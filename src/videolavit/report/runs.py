@@ -112,14 +112,14 @@ def load_runs(uri: str, experiment: str) -> RunIndex:
         page = client.search_runs(
             [found.experiment_id], filter_string="attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"], max_results=1000, page_token=token,
-        )  # fmt: skip
+        )
         for run in page:
             tags = dict(run.data.tags)
             runs.append(
                 RunRecord(
                     run.info.run_id, tags.get("mlflow.runName", run.info.run_name or run.info.run_id),
                     tags.get("videolavit.stage"), int(run.info.start_time or 0), dict(run.data.metrics), tags,
-                )  # fmt: skip
+                )
             )
         token = page.token
         if not token:

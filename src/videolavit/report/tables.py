@@ -174,13 +174,13 @@ def build_tables(index: RunIndex, results: dict) -> list[Table]:
     block, n = platform_block(
         f"This platform: zero-shot video QA on {_corpus_name(evaluate)}, {QA_NOTE}",
         QA_COLUMNS, [("latest evaluate", evaluate, "")], "no finished `evaluate` run",
-    )  # fmt: skip
+    )
     tables.append(
         Table(
             "t2_video_qa", t2["title"], reference("t2_video_qa"),
             [paper_block(t2, "Paper (as printed): MSVD-QA, MSRVTT-QA, ActivityNet-QA; judged by gpt-3.5-turbo"), block],
             [t2.get("notes", "").strip()], n,
-        )  # fmt: skip
+        )
     )
 
     t4 = paper_tables["t4_text_to_video"]
@@ -188,13 +188,13 @@ def build_tables(index: RunIndex, results: dict) -> list[Table]:
         f"This platform: text-to-video from {_corpus_name(evaluate)} captions (not MSR-VTT / UCF-101); "
         "[extractor] names the feature extractor, proxy = trained on the corpus",
         [*_t2v_columns([evaluate]), ATTRIBUTE_REAL_COLUMN], [("latest evaluate", evaluate, "")], "no finished `evaluate` run",
-    )  # fmt: skip
+    )
     tables.append(
         Table(
             "t4_text_to_video", t4["title"], reference("t4_text_to_video"),
             [paper_block(t4, "Paper (as printed): MSR-VTT and UCF-101 zero-shot; CLIP ViT-B/16, I3D (Kinetics-400), C3D"), block],
             [t4.get("notes", "").strip()], n,
-        )  # fmt: skip
+        )
     )
 
     t6 = paper_tables["t6_motion_ablation"]
@@ -202,7 +202,7 @@ def build_tables(index: RunIndex, results: dict) -> list[Table]:
     block, n = platform_block(
         f"This platform: the same evaluate run with and without motion tokens ({QA_NOTE})",
         columns, [("w/o motion", evaluate, NO_MOTION_PREFIX), ("w/ motion", evaluate, "")], "no finished `evaluate` run",
-    )  # fmt: skip
+    )
     if evaluate is not None and not any(k.startswith(NO_MOTION_PREFIX) for k in evaluate.metrics):
         block.rows[0][0] += " (not run)"
     tables.append(
@@ -210,7 +210,7 @@ def build_tables(index: RunIndex, results: dict) -> list[Table]:
             "t6_motion_ablation", t6["title"], reference("t6_motion_ablation"),
             [paper_block(t6, "Paper (as printed): real benchmarks; QA accuracy judged by gpt-3.5-turbo"), block],
             [t6.get("notes", "").strip()], n,
-        )  # fmt: skip
+        )
     )
 
     t7 = paper_tables["t7_motion_token_count"]
@@ -220,13 +220,13 @@ def build_tables(index: RunIndex, results: dict) -> list[Table]:
         f"This platform: latest evaluate run per motion-token count N ({QA_NOTE})",
         [QA_COLUMNS[0], QA_COLUMNS[2], *_t2v_columns(runs7)],
         [(f"N={tokens}", run, "") for tokens, run in by_n], "no evaluate run logged tokens/motion_per_clip",
-    )  # fmt: skip
+    )
     tables.append(
         Table(
             "t7_motion_token_count", t7["title"], reference("t7_motion_token_count"),
             [paper_block(t7, "Paper (as printed): real benchmarks; QA accuracy judged by gpt-3.5-turbo"), block],
             [], n,
-        )  # fmt: skip
+        )
     )
 
     tables.append(_efficiency_table(index, source))
@@ -242,12 +242,12 @@ def _efficiency_table(index: RunIndex, source: str) -> Table:
     block, n = platform_block(
         "This platform: tokens per clip and reconstruction", columns, [("latest evaluate", run, "")],
         "no finished `evaluate` run",
-    )  # fmt: skip
+    )
     return Table(
         "efficiency", "Token efficiency and reconstruction",
         f"{PAPER}, arXiv {source}, Fig. 1 (\"saving > 90% tokens\", no table); the paper prints no reconstruction metrics",
         [block], ["Token saving = 1 − (keyframe + motion tokens) / (per-frame visual tokens) for one clip."], n,
-    )  # fmt: skip
+    )
 
 
 def _evaluators_table(index: RunIndex) -> Table:
@@ -267,10 +267,10 @@ def _evaluators_table(index: RunIndex) -> Table:
     block, n = platform_block(
         "This platform: corpus evaluators on the val split (chance = always the most frequent training value)",
         columns, [("latest evaluators", run, "")], "no finished `evaluators` run",
-    )  # fmt: skip
+    )
     return Table(
         "evaluators", "Proxy feature extractors (corpus classifier and corpus CLIP)",
         f"No counterpart in {PAPER}: these stand in for I3D (Table 4 FVD) and CLIP ViT-B/16 (Table 4 CLIPSIM) "
         "when no local weights are configured",
         [block], [], n,
-    )  # fmt: skip
+    )

@@ -79,7 +79,7 @@ def video_kwargs(cfg: DictConfig) -> dict:
     kwargs = {k: section_kwargs(v)[k] for k in (
         "sigma_data", "sigma_min", "sigma_max", "p_mean", "p_std", "noise_aug", "fps", "motion_bucket_id",
         "cond_dropout", "decode_chunk_size", "vae_dir",
-    )}  # fmt: skip
+    )}
     kwargs.update(
         frames=int(cfg.video.clip_frames),
         height=int(v.height or cfg.video.frames_height),
@@ -102,7 +102,7 @@ def keyframe_kwargs(cfg: DictConfig, cond_dim: int) -> dict:
     k = cfg.detokenizer.keyframe
     kwargs = {name: section_kwargs(k)[name] for name in (
         "unet_dir", "vae_dir", "prediction_type", "beta_schedule", "num_train_timesteps", "cond_dropout",
-    )}  # fmt: skip
+    )}
     size = k.image_size
     if size is None:
         video = video_kwargs(cfg)
@@ -134,7 +134,7 @@ def read_eval_clips(cfg: DictConfig) -> list[dict]:
     ev = cfg.detokenizer.eval
     records = list(itertools.islice(
         iter_clip_records(cfg.paths.clips, str(ev.split), ("keyframe", "motion", "frames")), int(ev.clips)
-    ))  # fmt: skip
+    ))
     if not records:
         raise MissingArtifactError(
             f"no '{ev.split}' clips in '{cfg.paths.clips}' to evaluate the detokenizers on. Run `videolavit decompose`."
@@ -235,7 +235,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         samples = save_samples(
             Path(cfg.paths.runs) / STAGE / "samples", rendered, int(stage_cfg.eval.sample_clips), float(cfg.video.fps),
             int(trainer.global_step),
-        )  # fmt: skip
+        )
         for path in samples:
             tracking.active().log_artifact(path, "samples")
     metrics.update(module.last_losses)

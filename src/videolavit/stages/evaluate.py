@@ -41,7 +41,7 @@ REQUIRED = (
     f"{NO_MOTION}qa/video_acc", *(f"{NO_MOTION}qa/video_acc_{t}" for t in QA_TYPES),
     "t2v/attribute_acc", "t2v/attribute_acc_direction", "recon/motion_epe", "recon/video_psnr",
     "recon/video_psnr_static_baseline", "tokens/saving", "tokens/motion_per_clip",
-)  # plus t2v/fvd_<extractor> and t2v/clipsim_<extractor>  # fmt: skip
+)  # plus t2v/fvd_<extractor> and t2v/clipsim_<extractor>
 
 
 # ---- tokens, tags, the stage ----------------------------------------------------------------------------------------
@@ -55,7 +55,7 @@ def token_metrics(cfg: DictConfig, results: Results, motion_tokens: int) -> None
         return
     measured = json.loads(path.read_text())
     for key, name in (("token_saving", "saving"), ("token_saving_paper_counts", "saving_paper_counts"),
-                      ("tokens_per_clip", "per_clip"), ("visual_tokens_per_keyframe", "visual_per_keyframe")):  # fmt: skip
+                      ("tokens_per_clip", "per_clip"), ("visual_tokens_per_keyframe", "visual_per_keyframe")):
         results.set(f"tokens/{name}", measured.get(key), f"{path} has no {key}")
 
 

@@ -76,7 +76,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     module = EvaluatorsModule(
         classifier_kwargs, clip_kwargs, section_kwargs(stage_cfg.optim), int(train_cfg.max_steps), labels,
         int(stage_cfg.clip.eval_frames),
-    )  # fmt: skip
+    )
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=callbacks)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, STAGE, train_cfg.resume))
 
@@ -96,7 +96,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     summary = ", ".join(
         f"{name} {metrics[f'val/attr_acc_{name}']:.2f} (chance {metrics[f'val/attr_chance_{name}']:.2f})"
         for name in labels.attributes if f"val/attr_acc_{name}" in metrics
-    )  # fmt: skip
+    )
     top1, chance = (metrics.get(f"val/clip_retrieval_{k}", float("nan")) for k in ("top1", "chance"))
     print(
         f"evaluators: step {trainer.global_step}; attribute accuracy: {summary or 'n/a'}; "

@@ -30,7 +30,7 @@ from videolavit.training.lm import (
     full_state_dict,
     print_summary,
     run_summary,
-)  # fmt: skip
+)
 
 STAGE = "instruct"
 
@@ -67,7 +67,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     if trainer.is_global_zero:
         meta = read_token_meta(cfg.paths.tokens)
         save_lm_checkpoint(module.model, tokenizer, vocab, out_dir, state_dict=state, template=str(cfg.lm.template),
-                           motion_tokens_per_clip=meta.get("motion_tokens_per_clip"), stage=STAGE)  # fmt: skip
+                           motion_tokens_per_clip=meta.get("motion_tokens_per_clip"), stage=STAGE)
     if state is not None:  # FSDP: the sharded module cannot decode alone; evaluate the saved model instead
         metrics.update(getattr(module, "val_metrics", {}))
         metrics["val/loss_answers"] = metrics.get("val/loss", float("nan"))
@@ -82,7 +82,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     media = datamodule.media(split)
     items = qa_items(convs, media, eval_cfg.max_questions, int(cfg.seed))
     qa, rows = score_questions(model, tokenizer, vocab, items, media, str(cfg.lm.template), int(eval_cfg.batch_size),
-                               int(eval_cfg.max_new_tokens))  # fmt: skip
+                               int(eval_cfg.max_new_tokens))
     metrics.update(qa)
     from videolavit.data.manifest import read_instruct
 

@@ -18,7 +18,7 @@ from videolavit.artifacts import artifact_dir
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.lm import (
     build_stage_lm, evaluate_loss, fit_lm, full_state_dict, load_stage_tokenizer, print_summary, run_summary,
-)  # fmt: skip
+)
 
 STAGE = "pretrain"
 
@@ -43,7 +43,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     metrics = run_summary(STAGE, trainer, module, throughput)
     if trainer.is_global_zero:
         save_lm_checkpoint(module.model, tokenizer, vocab, out_dir, state_dict=state,
-                           motion_tokens_per_clip=meta.get("motion_tokens_per_clip"), stage=STAGE)  # fmt: skip
+                           motion_tokens_per_clip=meta.get("motion_tokens_per_clip"), stage=STAGE)
     if state is None:
         metrics.update(evaluate_loss(module.model, datamodule.val_dataloader(), vocab))
     else:

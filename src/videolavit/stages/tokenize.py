@@ -322,7 +322,7 @@ def write_split(
                 {"question": text_ids(q.question), "answer": text_ids(q.answer), "question_text": q.question,
                  "answer_text": q.answer, "type": q.type}
                 for q in s.qa
-            ]  # fmt: skip
+            ]
             stats.caption_tokens.append(len(record["caption"]))
             writer.write(record)
     stats.counts[split] = writer.written
@@ -396,7 +396,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
             "frames_media": {"frames_per_video": tk.ablation_frames if tk.ablation_frames is not None else "2 per clip",
                              "source": stats.frames_source},
         },
-    )  # fmt: skip
+    )
     tracking.active().log_artifact(meta_path, "tokens")
 
     metrics = metrics_of(stats, vocab, motion_per_clip, len(text_tokenizer))

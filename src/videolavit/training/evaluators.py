@@ -80,7 +80,7 @@ class ClipLabels:
             counts = Counter(
                 v for vid in self.splits.get(split, []) for k in range(self._num_clips(vid))
                 if (v := self.values(vid, k).get(name)) in vocab
-            )  # fmt: skip
+            )
             out[name] = vocab.index(counts.most_common(1)[0][0]) if counts else 0
         return out
 
@@ -190,7 +190,7 @@ class EvaluatorsModule(L.LightningModule):
             terms = [
                 F.cross_entropy(logits[name], target[:, j], ignore_index=IGNORE_LABEL)
                 for j, name in enumerate(self.labels.attributes) if (target[:, j] != IGNORE_LABEL).any()
-            ]  # fmt: skip
+            ]
             if terms:
                 logs["train/classifier_loss"] = torch.stack(terms).mean()
                 loss = loss + logs["train/classifier_loss"]

@@ -91,7 +91,7 @@ def lm_optimizer(model, optim: dict, max_steps: int) -> dict:
     lr = float(optim["lr"])
     lr_other = float(optim.get("lr_other") or lr)
     io_params = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
-                 for p in m.parameters()}  # fmt: skip
+                 for p in m.parameters()}
     groups: dict[tuple[bool, bool], list] = {(io, decay): [] for io in (False, True) for decay in (False, True)}
     for p in model.parameters():
         if p.requires_grad:
@@ -99,7 +99,7 @@ def lm_optimizer(model, optim: dict, max_steps: int) -> dict:
     param_groups = [
         {"params": params, "lr": lr_other if io else lr, "weight_decay": float(optim["weight_decay"]) if decay else 0.0}
         for (io, decay), params in groups.items() if params
-    ]  # fmt: skip
+    ]
     return adamw_with_cosine(param_groups, optim, max_steps)
 
 
@@ -150,9 +150,9 @@ def build_stage_lm(cfg: DictConfig, vocab: Vocab, pretrained_path: Optional[str]
     m = cfg.lm.model
     if pretrained_path is None and OmegaConf.is_missing(m, "pretrained_path"):
         raise ConfigError("lm.model.pretrained_path must name a local LM checkpoint directory for this profile "
-                          "(paper: Llama-2-7B or LaVIT-7B in transformers format), or null to train from lm.model.config")  # fmt: skip
+                          "(paper: Llama-2-7B or LaVIT-7B in transformers format), or null to train from lm.model.config")
     model = build_lm(vocab, architecture(cfg), pretrained_path=pretrained_path or m.pretrained_path, dtype=m.dtype,
-                     noise_scale=float(m.noise_scale), seed=int(cfg.seed))  # fmt: skip
+                     noise_scale=float(m.noise_scale), seed=int(cfg.seed))
     limit = getattr(model.config, "max_position_embeddings", None)
     if limit is not None and int(cfg.lm.seq_len) > int(limit):
         raise ConfigError(f"lm.seq_len={cfg.lm.seq_len} exceeds the LM's max_position_embeddings={limit}")
@@ -215,7 +215,7 @@ def load_stage_tokenizer(cfg: DictConfig, vocab: Vocab):
     from videolavit.data.text_tokenizer import load_text_tokenizer
 
     path = require_path(Path(cfg.paths.tokens) / "text_tokenizer", "text tokenizer of the token shards",
-                        "Run `videolavit tokenize` first.")  # fmt: skip
+                        "Run `videolavit tokenize` first.")
     return load_text_tokenizer(path, vocab.text_size)
 
 
@@ -227,7 +227,7 @@ def fit_lm(cfg: DictConfig, stage: str, model, vocab: Vocab, datamodule, callbac
     module = LanguageModelModule(model, vocab, OmegaConf.to_container(stage_cfg.optim, resolve=True), int(train_cfg.max_steps))
     throughput = TokenThroughput()
     trainer = make_trainer(cfg, stage, train_cfg, callbacks=[throughput, *(callbacks or [])],
-                           **trainer_overrides(cfg, train_cfg, model))  # fmt: skip
+                           **trainer_overrides(cfg, train_cfg, model))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, stage, train_cfg.resume))
     return trainer, module, throughput
 

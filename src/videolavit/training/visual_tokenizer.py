@@ -98,7 +98,7 @@ class VisualTokenizerModule(ResumableRNG, L.LightningModule):
                 "train/keep_loss": out["keep_loss"], "train/keep_fraction": out["keep_fraction"],
                 "train/tokens_per_image": out["num_tokens"],
             }
-        )  # fmt: skip
+        )
         self.last_train_loss = float(out["loss"].detach())
         return out["loss"]
 
