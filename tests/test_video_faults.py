@@ -250,24 +250,29 @@ def test_a_failing_re_encode_is_not_blamed_on_the_video(tmp_path, tiny, monkeypa
         decompose._decompose_one(job)
 
 
-def test_a_kept_truncated_video_is_counted_in_the_stage_stats(tiny_cfg_factory, tmp_path):
+def test_stage_counts_a_kept_truncated_video_and_rejects_a_timestamp_gap(tiny_cfg_factory, tmp_path):
     corpus = tmp_path / "corpus"
     (corpus / "videos").mkdir(parents=True)
     write_video(corpus / "videos" / "whole.mp4", _scene(96, 64, 60, (1, 0)), fps=12)
     full = write_video(tmp_path / "full.mp4", _scene(96, 64, 120, (0.5, 0)), fps=12, options={"movflags": "faststart"})
     data = full.read_bytes()
     (corpus / "videos" / "cut.mp4").write_bytes(data[: len(data) * 3 // 4])  # ~7.5 of 10 s: one clip survives
+    times = [i / 12 for i in range(30)] + [3600 + i / 12 for i in range(30)]
+    write_video(corpus / "videos" / "gap.mp4", _scene(96, 64, 60, (1, 0)), fps=12, times=times)
     with open(corpus / "train.jsonl", "w") as f:
-        for name in ("whole", "cut"):
+        for name in ("whole", "cut", "gap"):
             row = {"id": name, "path": f"videos/{name}.mp4", "kind": "video", "caption": "a square moves"}
             f.write(json.dumps({**row, "qa": [], "attributes": {}, "clips": []}) + "\n")
     for split in ("val", "test"):
         (corpus / f"{split}.jsonl").write_text("")
     from videolavit.stages.decompose import run
 
-    metrics = run(tiny_cfg_factory("tracking.enabled=false", "decompose.workers=1"))
+    metrics = run(tiny_cfg_factory("tracking.enabled=false", "decompose.workers=1", "decompose.max_reject_ratio=0.5"))
     stats = json.loads((tmp_path / "clips" / "stats.json").read_text())
-    assert metrics["rejects"] == 0 and metrics["clips"] == 2
+    (reject,) = [json.loads(line) for line in (tmp_path / "clips" / "rejects.jsonl").read_text().splitlines()]
+    assert reject["id"] == "gap" and reject["error"] == "TimestampGapError"
+    assert "video.max_frames_per_source_frame" in reject["message"]
+    assert metrics["rejects"] == 1 and metrics["clips"] == 2
     assert stats["truncated"] == ["cut"] and metrics["videos_truncated"] == 1
 
 
