@@ -280,7 +280,8 @@ def load_config(
 
     ``profile`` None takes ``profile`` from params.yaml or the overrides, else ``tiny``. ``stage`` is recorded as
     ``cfg.stage`` (it selects nothing else: every stage sees the whole tree so it can read its inputs' settings).
-    ``params_file`` is read when it exists (relative to the working directory); pass None to skip it.
+    ``params_file`` is read when it exists (relative to the working directory); pass None to skip it. A profile given
+    as a path merges over the paper schemas like a shipped one (start a CPU variant from a copy of tiny.yaml).
     """
     overrides = list(overrides)
     cli = parse_overrides(overrides)
