@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None)
     _add_common(p)
 
+    p = sub.add_parser("import-official", help="convert the released Video-LaVIT weights into this project's format")
+    p.add_argument("release", metavar="RELEASE_DIR", help="the downloaded release folder (motion_tokenizer.bin, ...)")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the converted parts and the report go")
+    p.add_argument("--parts", nargs="+", default=None, metavar="PART", help="only these parts (default: all found)")
+    p.add_argument("--motion-heads", type=int, default=8, help="attention heads of the motion tokenizer (official: 8)")
+    p.add_argument("--motion-grid", default="20x36", metavar="HxW", help="its pos_embed grid (official: 20x36)")
+    p.set_defaults(overrides=[])
+
     p = sub.add_parser("config", help="print the merged configuration")
     p.add_argument("--stage", default=None)
     _add_common(p)
@@ -121,7 +129,23 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load_config(profile=args.profile, overrides=overrides)
         print(generate_cli(cfg, args.prompt, args.out))
         return 0
+    if args.command == "import-official":
+        return _import_official(args)
     raise VideolavitError(f"unknown command {args.command}")
+
+
+def _import_official(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from videolavit.convert.release import format_report, import_release
+    from videolavit.errors import ConfigError
+
+    grid = tuple(int(v) for v in args.motion_grid.lower().split("x") if v.isdigit())
+    if len(grid) != 2 or args.motion_grid.lower().count("x") != 1:
+        raise ConfigError(f"--motion-grid must be HxW, e.g. 20x36, got {args.motion_grid!r}")
+    results = import_release(args.release, args.out, args.parts, motion_heads=args.motion_heads, motion_grid=grid)
+    print(format_report(results, Path(args.release)))
+    return 0 if any(r.status == "converted" for r in results) else 1
 
 
 def generate_cli(cfg, prompt: str, out: Optional[str] = None) -> str:

@@ -77,3 +77,7 @@ def require_path(path: str | os.PathLike, what: str, hint: str) -> Path:
     if not p.exists():
         raise MissingArtifactError(f"{what} not found at '{p}'. {hint}")
     return p
+
+
+class ReleaseFormatError(VideolavitError):
+    """A file of the released Video-LaVIT weights is not what the converter can read safely (names the file)."""

@@ -1,0 +1,142 @@
+"""``videolavit import-official``: find the parts of a released Video-LaVIT folder, convert those we can, report all.
+
+The release layout (the official inference code reads these paths): ``motion_tokenizer.bin``, ``language_model/``
+(generation LM), ``video_detokenizer/unet/``, ``visual_tokenizer/``, ``language_model_sft/`` + ``visual_weight.bin``
+(understanding LM) and ``image_detokenizer/``. Each converted part is written to a temporary folder and renamed into
+place, so an interrupted import never leaves a half-written part that loads.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+from videolavit.errors import ConfigError, MissingArtifactError
+
+REPORT_JSON = "import_report.json"
+REPORT_TEXT = "import_report.txt"
+
+
+@dataclass
+class PartResult:
+    part: str
+    status: str  # converted | not_found | not_supported | skipped
+    source: list[str] = field(default_factory=list)
+    output: str | None = None
+    detail: str = ""
+    notes: list[str] = field(default_factory=list)
+    tensors: int = 0
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    sources: tuple[str, ...]  # paths inside the release; the part is present when the first exists
+    convert: Callable | None  # (release, out_dir, options) -> PartResult; None: recognised, not convertible yet
+    why_not: str = ""
+
+
+def _convert_motion_tokenizer(release: Path, out: Path, options: dict) -> PartResult:
+    from videolavit.convert.checkpoint import read_state_dict
+    from videolavit.convert.motion_tokenizer import convert_motion_tokenizer
+
+    source = release / "motion_tokenizer.bin"
+    state = read_state_dict(source)
+    model, notes = convert_motion_tokenizer(
+        state, heads=options.get("motion_heads", 8), grid=options.get("motion_grid", (20, 36)), where=str(source)
+    )
+    _write_atomically(out, model.save_pretrained)
+    c = model.config
+    detail = (
+        f"MotionTokenizer dim {c['dim']}, {c['depth']} blocks, {c['heads']} heads, input {c['frames']}x{c['height']}x"
+        f"{c['width']}, {model.tokens_per_clip} tokens per clip from a {c['codebook_size']}x{c['code_dim']} codebook"
+    )
+    return PartResult("motion_tokenizer", "converted", [str(source)], str(out), detail, notes, len(state))
+
+
+def _convert_language_model(release: Path, out: Path, options: dict) -> PartResult:
+    from videolavit.convert.language_model import convert_language_model
+
+    source = release / "language_model"
+    detail, notes, count = convert_language_model(source, out, writer=_write_atomically)
+    return PartResult("language_model", "converted", [str(source)], str(out), detail, notes, count)
+
+
+PARTS: tuple[Part, ...] = (
+    Part("motion_tokenizer", ("motion_tokenizer.bin",), _convert_motion_tokenizer),
+    Part("language_model", ("language_model",), _convert_language_model),
+    Part("video_detokenizer", ("video_detokenizer/unet",), None,
+         "its U-Net computes a different temporal context (per-pixel motion features, official motion units, "
+         "bicubic resize); our video detokenizer has no switch for the official variant yet"),
+    Part("visual_tokenizer", ("visual_tokenizer",), None,
+         "the official EVA ViT-G has a CLS token and LayerNorm eps 1e-6, its merger and decode head differ from ours"),
+    Part("understanding_lm", ("language_model_sft", "visual_weight.bin"), None,
+         "it takes continuous token-merger features through vit_proj; this project feeds discrete visual ids only"),
+    Part("image_detokenizer", ("image_detokenizer",), None,
+         "its AttentionPool2d condition has no counterpart in our keyframe detokenizer (mean + Linear)"),
+)
+PART_NAMES = tuple(p.name for p in PARTS)
+
+
+def _write_atomically(final: Path, write: Callable[[Path], object]) -> None:
+    final = Path(final)
+    tmp = final.with_name(f".{final.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    write(tmp)
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+
+
+def import_release(
+    release_dir: str | Path, out_dir: str | Path, parts: Sequence[str] | None = None, **options
+) -> list[PartResult]:
+    """Convert the parts of ``release_dir`` (all found, or ``parts``) into ``out_dir``; write and return the report."""
+    release, out = Path(release_dir), Path(out_dir)
+    if not release.is_dir():
+        raise MissingArtifactError(f"release folder '{release}' does not exist")
+    unknown = sorted(set(parts or ()) - set(PART_NAMES))
+    if unknown:
+        raise ConfigError(f"unknown part(s) {unknown}; the parts are {list(PART_NAMES)}")
+    if release.resolve() == out.resolve():
+        raise ConfigError(f"--out must differ from the release folder '{release}'")
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for part in PARTS:
+        present = (release / part.sources[0]).exists()
+        found = [str(release / s) for s in part.sources if (release / s).exists()]
+        if parts is not None and part.name not in parts:
+            results.append(PartResult(part.name, "skipped", found, detail="not among --parts"))
+        elif not present:
+            if parts is not None:
+                raise MissingArtifactError(f"part '{part.name}' was asked for but '{release / part.sources[0]}' is missing")
+            results.append(PartResult(part.name, "not_found", detail=f"no '{part.sources[0]}' in the release"))
+        elif part.convert is None:
+            results.append(PartResult(part.name, "not_supported", found, detail=part.why_not))
+        else:
+            results.append(part.convert(release, out / part.name, options))
+    write_report(results, release, out)
+    return results
+
+
+def write_report(results: list[PartResult], release: Path, out: Path) -> None:
+    payload = {"release": str(release), "out": str(out), "parts": [asdict(r) for r in results]}
+    (out / REPORT_JSON).write_text(json.dumps(payload, indent=2) + "\n")
+    (out / REPORT_TEXT).write_text(format_report(results, release) + "\n")
+
+
+def format_report(results: list[PartResult], release: Path) -> str:
+    lines = [f"import-official {release}:"]
+    for r in results:
+        where = f" -> {r.output}" if r.output else ""
+        lines.append(f"  {r.part:<18} {r.status}{where}")
+        if r.detail:
+            lines.append(f"  {'':<18} {r.detail}")
+        lines += [f"  {'':<18} note: {n}" for n in r.notes]
+    done = sum(r.status == "converted" for r in results)
+    lines.append(f"{done} part(s) converted; report in {REPORT_JSON} and {REPORT_TEXT}")
+    return "\n".join(lines)
