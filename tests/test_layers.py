@@ -20,6 +20,7 @@ must be placed in LEVELS below.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -179,3 +180,17 @@ def test_the_checks_catch_what_they_guard():
         assert stage_to_stage(fake) == ["videolavit.stages.instruct:9 → videolavit.stages.pretrain"]
     finally:
         project_imports.module_path = real
+
+
+def test_no_formatter_markers_without_a_formatter():
+    # formatter markers (fmt: skip / off / on) only mean something to a configured formatter (ruff format, black)
+    import tomllib
+
+    tool = tomllib.loads((ROOT / "pyproject.toml").read_text()).get("tool", {})
+    if "black" in tool or "format" in tool.get("ruff", {}):
+        return
+    files = [p for d in ("src", "tests", "benchmarks", "tools") for p in (ROOT / d).rglob("*.py")]
+    marker = re.compile("#" + r"\s*fmt:\s*(?:skip|off|on)\b")  # split so that this file does not match itself
+    marked = [f"{p.relative_to(ROOT)}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
+              if marker.search(line)]
+    assert marked == []
