@@ -36,7 +36,7 @@ def imported(tmp_path_factory):
     torch.save(state, root / "motion_tokenizer.bin")
     out = root / "converted"
     rc = main(["import-official", str(root), "--out", str(out), "--motion-heads", str(MOTION_SMALL["heads"]),
-               "--motion-grid", GRID])  # fmt: skip
+               "--motion-grid", GRID])
     assert rc == 0
     return state, MotionTokenizer.from_pretrained(out / "motion_tokenizer"), out
 
