@@ -108,3 +108,19 @@ def test_a_state_dict_of_another_layout_is_refused_with_the_key():
         convert_state_dict(state, config, where="release/motion_tokenizer.bin")
     with pytest.raises(ConfigError, match="divisible by heads=5"):
         infer_config(motion_state_small(), heads=5, grid=(8, 16))
+
+
+def test_a_fine_tuning_step_moves_the_released_codebook_gradually(imported):
+    """No k-means re-init and no mass dead-code restart on the first training step of the imported tokenizer."""
+    from videolavit.models.motion_tokenizer import MotionTokenizer
+
+    _, model, out = imported
+    model = MotionTokenizer.from_pretrained(out / "motion_tokenizer").train()
+    before = model.quantizer.codebook.detach().clone()  # [K, D]
+    model(motion_input_small())
+    after = model.quantizer.codebook.detach()
+    used = torch.zeros(before.shape[0], dtype=torch.bool)
+    used[torch.tensor(GOLDEN["codes"]).flatten()] = True
+    similarity = torch.nn.functional.cosine_similarity(after, before)  # [K]
+    assert similarity[~used].min() > 0.999  # unused codes are not restarted after one step
+    assert similarity[used].min() > 0.9  # used ones move towards the batch, they are not replaced by it

@@ -177,9 +177,10 @@ def convert_state_dict(state: dict, config: dict, dead_code_threshold: float = 2
             codebook = tensor.unsqueeze(0)  # [1, K, code_dim]: one codebook
             ours["quantizer.vq._codebook.embed"] = codebook
             ours["quantizer.vq._codebook.initted"] = torch.tensor(True)
-            # EMA state as the library leaves a freshly restarted code (count = the dead-code threshold), so
-            # fine-tuning moves the released codes gradually instead of replacing them with one batch's means.
-            count = torch.full((1, codebook.shape[1]), float(dead_code_threshold))
+            # EMA state of a code used about once per step (at least twice the dead-code threshold), so fine-tuning
+            # moves the released codes gradually: zeros would replace each used code by one batch's mean on the first
+            # step and restart every other one; an unused code is restarted only after ~log(2)/(1 - decay) steps.
+            count = torch.full((1, codebook.shape[1]), max(1.0, 2.0 * float(dead_code_threshold)))
             ours["quantizer.vq._codebook.cluster_size"] = count
             ours["quantizer.vq._codebook.embed_avg"] = codebook * count.unsqueeze(-1)
         elif name.endswith(".q_bias"):
@@ -200,11 +201,20 @@ def codebook_norm_range(state: dict) -> tuple[float, float]:
     return float(norms.min()), float(norms.max())
 
 
+def _training_defaults() -> dict:
+    """The paper profile's EMA / dead-code / commitment settings (not in the weights), for fine-tuning the import."""
+    from dataclasses import asdict
+
+    from videolavit.schemas.sections import MotionTokenizerModelConfig
+
+    return asdict(MotionTokenizerModelConfig())
+
+
 def convert_motion_tokenizer(state: dict, heads: int = PAPER_HEADS, grid=PAPER_GRID, where: str = ""):
     """(MotionTokenizer in eval mode, notes) from the released state dict; notes list what a user should know."""
     from videolavit.models.motion_tokenizer import MotionTokenizer
 
-    config = infer_config(state, heads=heads, grid=grid, where=where)
+    config = {**_training_defaults(), **infer_config(state, heads=heads, grid=grid, where=where)}
     model = MotionTokenizer(**config)
     ours = convert_state_dict(state, config, dead_code_threshold=model.config["dead_code_threshold"], where=where)
     expected = model.state_dict()
