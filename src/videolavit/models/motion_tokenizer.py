@@ -274,6 +274,21 @@ class MotionTokenizer(nn.Module):
         return model.eval()
 
 
+ARCHITECTURE_KEYS = ("in_channels", "frames", "height", "width", "dim", "depth", "heads", "mlp_ratio", "downsample_after",
+                     "downsample_strides", "code_dim", "codebook_size", "attention")
+
+
+def load_weights_from(model: MotionTokenizer, directory: str | Path) -> MotionTokenizer:
+    """Copy the weights and codebook state of a saved tokenizer into ``model``; ConfigError if the shapes differ."""
+    saved = MotionTokenizer.from_pretrained(directory)
+    differ = {k: (saved.config[k], model.config[k]) for k in ARCHITECTURE_KEYS if saved.config[k] != model.config[k]}
+    if differ:
+        shown = ", ".join(f"{k}: saved {a} vs configured {b}" for k, a, b in ((k, *v) for k, v in differ.items()))
+        raise ConfigError(f"the motion tokenizer in '{directory}' has another architecture ({shown})")
+    model.load_state_dict(saved.state_dict())
+    return model
+
+
 def _token_grid(
     size: Sequence[int], depth: int, downsample_after: Sequence[int], strides: Sequence[Sequence[int]]
 ) -> tuple[int, int, int]:

@@ -67,6 +67,9 @@ class MotionTokenizerStageConfig:
     # Reconstruction loss: mse (the paper's, on normalized motion) | mse_epe (MSE + end-point error in px/frame: the
     # EPE term pulls the many still macroblocks to exactly zero, which MSE alone blurs) | epe (EPE alone)
     loss: str = "mse"
+    # a saved MotionTokenizer to fine-tune from (e.g. `videolavit import-official`'s <out>/motion_tokenizer); its
+    # architecture must equal motion_tokenizer.model's. None: a fresh initialisation
+    init_from: Optional[str] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     # per device: 64 GPUs × 8 = the paper's global 512
     train: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(precision="bf16-mixed"))

@@ -15,6 +15,7 @@ from videolavit.artifacts import artifact_dir
 from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ClipDataModule
 from videolavit.errors import ConfigError
+from videolavit.models.motion_tokenizer import load_weights_from
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.callbacks import SampleThroughput
 from videolavit.training.motion_tokenizer import MotionTokenizerModule, evaluate
@@ -47,6 +48,8 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         model_kwargs, section_kwargs(stage_cfg.optim), int(train_cfg.max_steps), cfg.video, str(runs_dir / "samples"),
         loss=str(stage_cfg.loss),
     )
+    if stage_cfg.init_from:
+        load_weights_from(module.model, stage_cfg.init_from)
     throughput = SampleThroughput()
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=[throughput, *(callbacks or [])])
     ckpt_path = resume_checkpoint(cfg, STAGE, train_cfg.resume)
