@@ -46,3 +46,18 @@ def test_init_from_with_another_architecture_is_a_clear_error(tiny_cfg_factory, 
     model = MotionTokenizer(**section_kwargs(cfg.motion_tokenizer.model))
     with pytest.raises(ConfigError, match=r"another architecture \(codebook_size: saved 32"):
         load_weights_from(model, tmp_path / "other")
+
+
+def test_zero_steps_evaluates_the_imported_tokenizer_unchanged(tiny_cfg_factory, tmp_path):
+    """``max_steps=0`` with ``init_from``: the README's way to measure the released tokenizer on one's own clips."""
+    from videolavit.stages.motion_tokenizer import fit
+
+    write_clips(tmp_path / "clips", counts=(("train", 8), ("val", 4)))
+    cfg = tiny_cfg_factory()
+    start = _saved(cfg, tmp_path / "imported")
+    steps = [s for s in SHORT if "max_steps" not in s]
+    cfg = tiny_cfg_factory(*steps, "motion_tokenizer.train.max_steps=0", f"motion_tokenizer.init_from={tmp_path / 'imported'}")
+    metrics = fit(cfg)
+    assert metrics["global_step"] == 0 and metrics["val/epe"] > 0
+    saved = MotionTokenizer.from_pretrained(tmp_path / "models" / "motion_tokenizer").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in start.state_dict().items())
