@@ -104,3 +104,30 @@ def test_a_part_asked_for_but_absent_is_a_clear_error(tmp_path, capsys):
         (tmp_path / "gpt").mkdir()
         (tmp_path / "gpt" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
         _read_config(tmp_path / "gpt")
+
+
+def test_a_sharded_release_converts_to_safetensors_shards_with_the_same_logits(tmp_path):
+    """The 7B release ships pytorch_model-0000k-of-0000n.bin shards and an index: each becomes a safetensors shard."""
+    from videolavit.models.lm import build_lm
+    from videolavit.vocab import PAPER_VOCAB
+
+    root = _release(tmp_path / "release")
+    folder = root / "language_model"
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    (folder / "pytorch_model.bin").unlink()
+    names = sorted(state)
+    shards = {"pytorch_model-00001-of-00002.bin": names[: len(names) // 2], "pytorch_model-00002-of-00002.bin": names[len(names) // 2 :]}
+    for shard, keys in shards.items():
+        torch.save({k: state[k] for k in keys}, folder / shard)
+    index = {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    out = tmp_path / "out"
+    assert main(["import-official", str(root), "--out", str(out)]) == 0
+    written = sorted(p.name for p in (out / "language_model").glob("*.safetensors"))
+    assert written == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
+    model = build_lm(PAPER_VOCAB, pretrained_path=str(out / "language_model"), dtype="float32").eval()
+    with torch.no_grad():
+        logits = model(input_ids=llama_input_small()).logits[0]
+    assert logits.argmax(-1).tolist() == GOLDEN["argmax"]
+    probe = logits[:, GOLDEN["probe_ids"]]
+    assert (probe - torch.tensor(GOLDEN["probe_logits"])).abs().max() / GOLDEN["abs_max"] < 1e-4
