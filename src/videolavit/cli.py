@@ -145,7 +145,7 @@ def _import_official(args: argparse.Namespace) -> int:
         raise ConfigError(f"--motion-grid must be HxW, e.g. 20x36, got {args.motion_grid!r}")
     results = import_release(args.release, args.out, args.parts, motion_heads=args.motion_heads, motion_grid=grid)
     print(format_report(results, Path(args.release)))
-    return 0 if any(r.status == "converted" for r in results) else 1
+    return 0 if any(r.status in ("converted", "partial") for r in results) else 1
 
 
 def generate_cli(cfg, prompt: str, out: Optional[str] = None) -> str:

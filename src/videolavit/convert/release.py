@@ -23,7 +23,7 @@ REPORT_TEXT = "import_report.txt"
 @dataclass
 class PartResult:
     part: str
-    status: str  # converted | not_found | not_supported | skipped
+    status: str  # converted | partial | not_found | not_supported | skipped
     source: list[str] = field(default_factory=list)
     output: str | None = None
     detail: str = ""
@@ -35,7 +35,7 @@ class PartResult:
 class Part:
     name: str
     sources: tuple[str, ...]  # paths inside the release; the part is present when the first exists
-    convert: Callable | None  # (release, out_dir, options) -> PartResult; None: recognised, not convertible yet
+    convert: Callable | None  # (release, out root, options) -> PartResult; None: recognised, not convertible yet
     why_not: str = ""
 
 
@@ -43,7 +43,7 @@ def _convert_motion_tokenizer(release: Path, out: Path, options: dict) -> PartRe
     from videolavit.convert.checkpoint import read_state_dict
     from videolavit.convert.motion_tokenizer import convert_motion_tokenizer
 
-    source = release / "motion_tokenizer.bin"
+    source, out = release / "motion_tokenizer.bin", out / "motion_tokenizer"
     state = read_state_dict(source)
     model, notes = convert_motion_tokenizer(
         state, heads=options.get("motion_heads", 8), grid=options.get("motion_grid", (20, 36)), where=str(source)
@@ -60,17 +60,51 @@ def _convert_motion_tokenizer(release: Path, out: Path, options: dict) -> PartRe
 def _convert_language_model(release: Path, out: Path, options: dict) -> PartResult:
     from videolavit.convert.language_model import convert_language_model
 
-    source = release / "language_model"
+    source, out = release / "language_model", out / "language_model"
     detail, notes, count = convert_language_model(source, out, writer=_write_atomically)
     return PartResult("language_model", "converted", [str(source)], str(out), detail, notes, count)
+
+
+UNET_WHY_NOT = ("its U-Net computes a different temporal context (per-pixel motion features, official motion units, "
+                "bicubic resize); our video detokenizer has no switch for the official variant yet")
+
+
+def _convert_video_detokenizer(release: Path, out: Path, options: dict) -> PartResult:
+    """Only its motion condition encoder converts (our MotionConditionEncoder); the U-Net does not, see UNET_WHY_NOT."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from videolavit.convert.checkpoint import read_state_dict
+    from videolavit.convert.motion_condition import convert_motion_encoder, split_motion_encoder
+
+    source = release / "video_detokenizer" / "unet" / "diffusion_pytorch_model.bin"
+    state = read_state_dict(source)
+    encoder = split_motion_encoder(state)
+    others = len(state) - len(encoder)
+    if not encoder:
+        return PartResult("video_detokenizer", "not_supported", [str(source)],
+                          detail=f"no motion_encoder.* tensors in it; {UNET_WHY_NOT}")
+    model, config = convert_motion_encoder(encoder, heads=options.get("encoder_heads", 8),
+                                           grid=options.get("encoder_grid", (16, 16)), where=str(source))
+    del state
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+
+    target = out / "motion_condition_encoder"
+    _write_atomically(target, write)
+    detail = (f"motion condition encoder converted ({len(encoder)} tensors, MotionConditionEncoder(**config.json)); "
+              f"the other {others} tensors (the U-Net) not: {UNET_WHY_NOT}")
+    return PartResult("video_detokenizer", "partial", [str(source)], str(target), detail, [], len(encoder))
 
 
 PARTS: tuple[Part, ...] = (
     Part("motion_tokenizer", ("motion_tokenizer.bin",), _convert_motion_tokenizer),
     Part("language_model", ("language_model",), _convert_language_model),
-    Part("video_detokenizer", ("video_detokenizer/unet",), None,
-         "its U-Net computes a different temporal context (per-pixel motion features, official motion units, "
-         "bicubic resize); our video detokenizer has no switch for the official variant yet"),
+    Part("video_detokenizer", ("video_detokenizer/unet/diffusion_pytorch_model.bin",), _convert_video_detokenizer),
     Part("visual_tokenizer", ("visual_tokenizer",), None,
          "the official EVA ViT-G has a CLS token and LayerNorm eps 1e-6, its merger and decode head differ from ours"),
     Part("understanding_lm", ("language_model_sft", "visual_weight.bin"), None,
@@ -118,7 +152,7 @@ def import_release(
         elif part.convert is None:
             results.append(PartResult(part.name, "not_supported", found, detail=part.why_not))
         else:
-            results.append(part.convert(release, out / part.name, options))
+            results.append(part.convert(release, out, options))
     write_report(results, release, out)
     return results
 
@@ -138,5 +172,6 @@ def format_report(results: list[PartResult], release: Path) -> str:
             lines.append(f"  {'':<18} {r.detail}")
         lines += [f"  {'':<18} note: {n}" for n in r.notes]
     done = sum(r.status == "converted" for r in results)
-    lines.append(f"{done} part(s) converted; report in {REPORT_JSON} and {REPORT_TEXT}")
+    partial = sum(r.status == "partial" for r in results)
+    lines.append(f"{done} part(s) converted, {partial} partly; report in {REPORT_JSON} and {REPORT_TEXT}")
     return "\n".join(lines)
