@@ -12,7 +12,6 @@ from types import SimpleNamespace
 import av
 import numpy as np
 import pytest
-from omegaconf import OmegaConf
 from PIL import Image, ImageFilter
 
 from videolavit import errors
@@ -242,12 +241,13 @@ def test_a_failing_re_encode_is_not_blamed_on_the_video(tmp_path, tiny, monkeypa
     expected = MemoryError if isinstance(error, MemoryError) else errors.MotionCodecError
     assert isinstance(info.value, expected) and (expected is MemoryError or "not of the video" in str(info.value))
 
-    from videolavit.stages import decompose
+    from videolavit.data.clip_units import decompose_into
+    from videolavit.data.shards import PartialTar
 
-    decompose._init_worker(OmegaConf.to_yaml(tiny))
     job = {"id": "fine", "path": str(path), "split": "train", "caption": ""}
+    tar = PartialTar(tmp_path / "unit.tar")
     with pytest.raises(errors.VideolavitError, match="out of memory|not of the video"):  # not a reject line
-        decompose._decompose_one(job)
+        decompose_into(job, tiny.video, tar, ("npy", "float32", 18))
 
 
 def test_stage_counts_a_kept_truncated_video_and_rejects_a_timestamp_gap(tiny_cfg_factory, tmp_path):

@@ -230,6 +230,35 @@ def read_manifest(corpus_dir: str | Path, split: str) -> list[Sample]:
     return samples
 
 
+def iter_manifest_share(corpus_dir: str | Path, split: str, index: int = 0, count: int = 1) -> Iterator[Sample]:
+    """The samples of share ``index`` of ``count`` of one split, streamed: the lines that start in bytes
+    [index·size/count, (index+1)·size/count) of the file. A ``--shard i/n`` process reads only those bytes and holds
+    one line at a time, so its memory does not grow with the corpus; the shares cover every line exactly once."""
+    if not 0 <= index < count:
+        raise CorpusError(f"manifest share {index}/{count}: need 0 <= index < count")
+    path = _require(_split_path(corpus_dir, split))
+    size = path.stat().st_size
+    start, end = size * index // count, size * (index + 1) // count
+    with open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()  # the line holding byte start-1 belongs to the share before
+        pos = f.tell()
+        while pos < end:
+            line = f.readline()
+            if not line:
+                break
+            where, pos = pos, pos + len(line)
+            if not line.strip():
+                continue
+            try:
+                yield Sample.from_dict(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise CorpusError(f"{path}: the line at byte {where}: not valid JSON ({exc.msg})") from None
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise CorpusError(f"{path}: the line at byte {where}: {exc}") from None
+
+
 def write_instruct(corpus_dir: str | Path, conversations: Iterable[Conversation]) -> Path:
     return write_jsonl(Path(corpus_dir) / INSTRUCT_FILE, (c.to_dict() for c in conversations))
 

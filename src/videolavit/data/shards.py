@@ -1,23 +1,27 @@
 """Clip shards: WebDataset tar files, so any engine (SLURM array, Ray, plain processes) can write and stream them.
 
 Layout under the clips directory: ``{split}-{i}of{n}-{k:05d}.tar`` (``i/n`` is the decompose shard, ``k`` counts tars).
-Each sample is one clip: ``<key>.keyframe.npy`` (uint8 [S, S, 3]), ``<key>.motion.npy`` (float32 [2, T, h, w],
-normalized tokenizer input), optionally ``<key>.frames.npy`` (uint8 [T, Hf, Wf, 3]) and ``<key>.json`` (video_id, clip,
-start_time, split, caption). Keys are ``<video_id>__c<clip:03d>``.
+Each sample is one clip: ``<key>.json`` (video_id, clip, start_time, split, caption), ``<key>.keyframe.npy`` (uint8
+[S, S, 3]), ``<key>.motion.npy`` (normalized tokenizer input [2, T, h, w], float32 or float16) and optionally the frames
+(uint8 [T, Hf, Wf, 3]) as ``.frames.npy``, ``.frames.mkv`` (lossless FFV1) or ``.frames.mp4`` (H.264); see
+``data/clip_codec.py``. Readers get float32 motion and uint8 frame arrays whatever was stored. Keys are
+``<video_id>__c<clip:03d>``. A tar is written as ``<name>.partial`` and renamed when complete
+(:class:`PartialTar`), so a name ending in ``.tar`` always reads to its end.
 """
 
 from __future__ import annotations
 
 import io
-import json
+import os
 import tarfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
-import numpy as np
+from videolavit.data.clip_codec import decode_member, encode_clip
 
 SPLITS = ("train", "val", "test")
 ARRAY_FIELDS = ("keyframe", "motion", "frames")
+PARTIAL = ".partial"  # suffix of a tar still being written; readers never glob it
 
 
 def clip_key(video_id: str, clip: int) -> str:
@@ -25,21 +29,79 @@ def clip_key(video_id: str, clip: int) -> str:
     return f"{safe}__c{int(clip):03d}"
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mtime = 0  # reproducible tars
+    tar.addfile(info, io.BytesIO(data))
+
+
+class PartialTar:
+    """A tar written under ``<path>.partial``, renamed to ``path`` by :meth:`finish` (atomic on one filesystem).
+
+    ``resume_at``: reopen an existing partial file and cut it at that byte offset (one :meth:`sync` returned after a
+    complete video), so a killed writer resumes without a torn member."""
+
+    def __init__(self, path: str | Path, resume_at: Optional[int] = None):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + PARTIAL)
+        if resume_at is not None and self.tmp.is_file():
+            self._file = open(self.tmp, "r+b")
+            self._file.truncate(resume_at)
+            self._file.seek(resume_at)
+        else:
+            self._file = open(self.tmp, "wb")
+        self._tar = tarfile.open(fileobj=self._file, mode="w")
+
+    def write(self, members: Sequence[tuple[str, bytes]]) -> None:
+        for name, data in members:
+            _add(self._tar, name, data)
+
+    def sync(self) -> int:
+        """Flush and fsync; → the bytes written so far (an offset a later run may resume at)."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        return self._tar.offset
+
+    def rollback(self, offset: int) -> None:
+        """Take back everything after ``offset`` (the clips of a video that turned out to be a reject)."""
+        self._file.flush()
+        self._file.truncate(offset)
+        self._file.seek(offset)
+        self._tar.offset = offset
+        self._tar.members = [m for m in self._tar.members if m.offset < offset]
+
+    def finish(self, keep_empty: bool = False) -> Optional[Path]:
+        """Close (end-of-archive blocks), fsync and rename; an empty tar is removed unless ``keep_empty``."""
+        empty = self._tar.offset == 0
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        if empty and not keep_empty:
+            self.tmp.unlink()
+            return None
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abandon(self) -> None:
+        """Close without finishing: the partial file stays for a later resume."""
+        self._file.close()
 
 
 class ClipShardWriter:
     """Writes clip records to ``{split}-{shard_tag}-{k:05d}.tar`` files of at most ``clips_per_shard`` clips."""
 
-    def __init__(self, out_dir: str | Path, split: str, shard_tag: str = "0of1", clips_per_shard: int = 512):
+    def __init__(
+        self, out_dir: str | Path, split: str, shard_tag: str = "0of1", clips_per_shard: int = 512,
+        frame_codec: str = "npy", motion_dtype: str = "float32", frame_crf: int = 18,
+    ):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.split, self.shard_tag, self.clips_per_shard = split, shard_tag, int(clips_per_shard)
+        self.codec = (frame_codec, motion_dtype, int(frame_crf))
         self._tar: Optional[tarfile.TarFile] = None
         self._count_in_tar = 0
         self._tar_index = 0
@@ -54,23 +116,12 @@ class ClipShardWriter:
         self._count_in_tar = 0
         self.paths.append(path)
 
-    def _add(self, name: str, data: bytes) -> None:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mtime = 0  # reproducible tars
-        self._tar.addfile(info, io.BytesIO(data))
-
     def write(self, record: dict) -> None:
         """``record``: {"key", "motion", "keyframe", optional "frames", "meta": dict}."""
         if self._tar is None or self._count_in_tar >= self.clips_per_shard:
             self._open_next()
-        key = record["key"]
-        if "." in key:
-            raise ValueError(f"clip key {key!r} must not contain '.' (WebDataset splits names at dots)")
-        for name in ARRAY_FIELDS:
-            if record.get(name) is not None:
-                self._add(f"{key}.{name}.npy", _npy_bytes(record[name]))
-        self._add(f"{key}.json", json.dumps(record.get("meta", {}), sort_keys=True).encode())
+        for name, data in encode_clip(record, *self.codec):
+            _add(self._tar, name, data)
         self._count_in_tar += 1
         self.written += 1
 
@@ -92,7 +143,8 @@ def clip_shard_paths(clips_dir: str | Path, split: str) -> list[Path]:
 
 
 def iter_shard(path: str | Path, fields: Sequence[str] = ("keyframe", "motion", "meta")) -> Iterator[dict]:
-    """Clip records of one tar, streaming (only the requested fields are decoded)."""
+    """Clip records of one tar, streaming (only the requested fields are read and decoded: float32 motion, uint8
+    frames, whichever way they were stored)."""
     want = set(fields)
     current: dict = {}
     with tarfile.open(path, "r") as tar:
@@ -105,16 +157,12 @@ def iter_shard(path: str | Path, fields: Sequence[str] = ("keyframe", "motion", 
                 current = {}
             if not current:
                 current = {"key": key}
-            field = ext[:-4] if ext.endswith(".npy") else ext
+            field, _, suffix = ext.partition(".")
             if field == "json":
                 field = "meta"
             if field not in want:
                 continue
-            data = tar.extractfile(member).read()
-            if field == "meta":
-                current["meta"] = json.loads(data)
-            else:
-                current[field] = np.load(io.BytesIO(data), allow_pickle=False)
+            current[field] = decode_member(field, suffix, tar.extractfile(member).read())
     if current:
         yield current
 
