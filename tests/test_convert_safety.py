@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def test_a_malicious_pickle_is_refused_by_name_and_runs_nothing(tmp_path, capsys
     assert str(release / "motion_tokenizer.bin") in err and "refused" in err
     assert not marker.exists()
     assert not (tmp_path / "out" / "motion_tokenizer").exists()
+    (failed,) = json.loads((tmp_path / "out" / "import_report.json").read_text())["parts"]  # it stopped there
+    assert failed["part"] == "motion_tokenizer" and failed["status"] == "failed" and "refused" in failed["detail"]
 
 
 def test_the_crafted_file_really_is_hostile(tmp_path):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from videolavit.errors import ConfigError, MissingArtifactError
+from videolavit.errors import ConfigError, MissingArtifactError, VideolavitError
 
 REPORT_JSON = "import_report.json"
 REPORT_TEXT = "import_report.txt"
@@ -23,7 +23,7 @@ REPORT_TEXT = "import_report.txt"
 @dataclass
 class PartResult:
     part: str
-    status: str  # converted | partial | not_found | not_supported | skipped
+    status: str  # converted | partial | failed | not_found | not_supported | skipped
     source: list[str] = field(default_factory=list)
     output: str | None = None
     detail: str = ""
@@ -152,7 +152,12 @@ def import_release(
         elif part.convert is None:
             results.append(PartResult(part.name, "not_supported", found, detail=part.why_not))
         else:
-            results.append(part.convert(release, out, options))
+            try:
+                results.append(part.convert(release, out, options))
+            except VideolavitError as exc:  # stop at the first bad part, but leave a report saying which and why
+                results.append(PartResult(part.name, "failed", found, detail=str(exc)))
+                write_report(results, release, out)
+                raise
     write_report(results, release, out)
     return results
 
