@@ -183,7 +183,7 @@ def decompose_into(job: dict, video_cfg: Any, tar: PartialTar, codec: tuple, par
             count += 1
         if not count:
             raise VideoError(job["path"], "no clip could be cut (no I-frame followed by a full 24-frame clip)")
-        return {"video": job["id"], "clips": count, "truncated": bool(stream.truncated), "motion": sums.as_dict()}
+        return {"video": job["id"], "clips": count, "truncated": bool(stream.truncated), "motion": sums.as_dict(clips=True)}
     except MotionCodecError:
         raise
     except MemoryError:
@@ -199,19 +199,27 @@ def decompose_into(job: dict, video_cfg: Any, tar: PartialTar, codec: tuple, par
 
 
 class MotionSums:
-    """Per-channel sums of the normalized motion (float64), merged across videos, units and shards in plan order."""
+    """Per-channel sums of the normalized motion (float64). A video's entry keeps each clip's sums, so a shard's
+    totals are added clip by clip in plan order: the same floats as one pass over the shard, resumed or not."""
 
     def __init__(self, d: Optional[dict] = None) -> None:
         d = d or {}
         self.n, self.nonzero = int(d.get("n", 0)), int(d.get("nonzero", 0))
         self.sum, self.sq = np.array(d.get("sum", [0.0, 0.0]), np.float64), np.array(d.get("sq", [0.0, 0.0]), np.float64)
+        self.clips: list[list] = []
 
     def add(self, motion: np.ndarray) -> None:
         m = motion.reshape(2, -1).astype(np.float64)
-        self.n += m.shape[1]
-        self.sum += m.sum(1)
-        self.sq += (m * m).sum(1)
-        self.nonzero += int(np.count_nonzero(np.abs(m).sum(0)))
+        clip = [*m.sum(1).tolist(), *(m * m).sum(1).tolist(), m.shape[1], int(np.count_nonzero(np.abs(m).sum(0)))]
+        self.clips.append(clip)
+        self.add_clips([clip])
+
+    def add_clips(self, clips: list[list]) -> None:
+        for sx, sy, qx, qy, n, nonzero in clips:
+            self.n += int(n)
+            self.sum += np.array([sx, sy])
+            self.sq += np.array([qx, qy])
+            self.nonzero += int(nonzero)
 
     def merge(self, other: "MotionSums") -> None:
         self.n, self.nonzero = self.n + other.n, self.nonzero + other.nonzero
@@ -221,7 +229,7 @@ class MotionSums:
         mean = self.sum / max(self.n, 1)
         return mean.tolist(), np.sqrt(np.maximum(self.sq / max(self.n, 1) - mean**2, 0.0)).tolist()
 
-    def as_dict(self) -> dict:
+    def as_dict(self, clips: bool = False) -> dict:
         mean, std = self.mean_std()
-        return {"n": self.n, "sum": self.sum.tolist(), "sq": self.sq.tolist(), "nonzero": self.nonzero,
-                "mean": mean, "std": std}
+        d = {"n": self.n, "sum": self.sum.tolist(), "sq": self.sq.tolist(), "nonzero": self.nonzero, "mean": mean, "std": std}
+        return {**d, "clips": self.clips} if clips else d

@@ -96,7 +96,7 @@ def _summarize(out: Path, units: list, tag: str, video: dict) -> tuple[dict, lis
                 continue
             part["videos_ok"] += 1
             part["clips"][split] += entry["clips"]
-            sums.merge(MotionSums(entry["motion"]))
+            sums.add_clips(entry["motion"]["clips"])
             if entry["truncated"]:
                 part["truncated"].append(entry["video"])
     part["rejects"] = len(rejects)
