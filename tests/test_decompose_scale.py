@@ -41,7 +41,8 @@ def test_frame_codecs_round_trip_and_readers_get_the_old_dtypes(tmp_path):
     motion = np.random.default_rng(1).normal(0, 3, (2, 24, 8, 12)).astype(np.float32)
     for codec, dtype in (("npy", "float32"), ("ffv1", "float32"), ("h264", "float16")):
         with ClipShardWriter(tmp_path / codec, "train", frame_codec=codec, motion_dtype=dtype) as writer:
-            writer.write({"key": "v__c000", "keyframe": frames[0], "motion": motion, "frames": frames, "meta": {"clip": 0}})
+            record = {"key": "v__c000", "keyframe": frames[0], "motion": motion, "frames": frames, "meta": {"clip": 0}}
+            writer.write(record)
         (record,) = iter_shard(clip_shard_paths(tmp_path / codec, "train")[0], FIELDS)
         assert record["frames"].dtype == np.uint8 and record["frames"].shape == frames.shape
         assert record["motion"].dtype == np.float32 and record["meta"] == {"clip": 0}
@@ -102,6 +103,21 @@ def test_a_partial_tar_is_invisible_and_resumes_at_a_video_boundary(tmp_path):
     assert keys == ["a__c000", "c__c000"] and not list(tmp_path.glob(f"*{PARTIAL}"))
 
 
+def test_a_torn_journal_line_is_skipped_and_cut_before_the_next_one(tmp_path):
+    from videolavit.data.clip_units import append
+
+    path = tmp_path / "u.jsonl"
+    append(path, {"unit": "u", "digest": "d", "videos": 2})
+    append(path, {"video": "a", "clips": 1, "offset": 1536})
+    with open(path, "a") as f:
+        f.write('{"begin": "b"')  # killed inside the write
+    assert read_journal(path)["offset"] == 1536 and path.read_text().endswith('"b"')  # a reader changes nothing
+    state = read_journal(path, repair=True)
+    assert [e["video"] for e in state["entries"]] == ["a"] and state["begun"] is None
+    append(path, {"begin": "b"})
+    assert read_journal(path)["begun"] == "b"
+
+
 # --- the stage --------------------------------------------------------------------------------------------------------
 
 
@@ -124,7 +140,8 @@ def _corpus(root: Path, seconds=(8.5, 8.5, 8.5, 8.5), val=(8.5,), long_id=None, 
     for split, lengths in (("train", seconds), ("val", val)):
         for i, length in enumerate(lengths):
             vid = f"{split}_{i}"
-            write_video(root / "videos" / f"{vid}.mp4", _square(length, seed=len(rows[split]) + 10 * (split == "val")), fps=12)
+            seed = len(rows[split]) + 10 * (split == "val")
+            write_video(root / "videos" / f"{vid}.mp4", _square(length, seed=seed), fps=12)
             rows[split].append(Sample(vid, "video", f"videos/{vid}.mp4", caption=f"square {vid}"))
     if long_id:
         write_video(root / "videos" / f"{long_id}.mp4", _square(long_seconds, seed=99), fps=12)
@@ -145,7 +162,7 @@ def _contents(clips: Path) -> dict:
     out = {}
     for path in sorted(clips.glob("*.tar")):
         out[path.name] = [
-            (r["key"], json.dumps(r["meta"], sort_keys=True), *(r[f].tobytes() for f in ("keyframe", "motion", "frames")))
+            (r["key"], json.dumps(r["meta"], sort_keys=True), *(r[f].tobytes() for f in FIELDS[:3]))
             for r in iter_shard(path, FIELDS)
         ]
     out["stats"] = json.loads((clips / "stats.json").read_text())
@@ -179,9 +196,15 @@ def test_rerun_resumes_a_killed_unit_after_its_last_whole_video(tmp_path, monkey
         _run_inline(tmp_path, "clips", "decompose.workers=0", "decompose.videos_per_shard=3")
     clips = tmp_path / "clips"
     assert not clip_shard_paths(clips, "train") and (clips / f"train-0of1-00000.tar{PARTIAL}").is_file()
-    assert [e["video"] for e in read_journal(journal_path(clips, "train-0of1-00000"))["entries"]] == ["train_0", "train_1"]
+    entries = read_journal(journal_path(clips, "train-0of1-00000"))["entries"]
+    assert [e["video"] for e in entries] == ["train_0", "train_1"]
     calls.clear()
-    monkeypatch.setattr(clip_units, "decompose_into", lambda job, *a, **k: calls.append(job["id"]) or real(job, *a, **k))
+
+    def spy(job, *args, **kwargs):
+        calls.append(job["id"])
+        return real(job, *args, **kwargs)
+
+    monkeypatch.setattr(clip_units, "decompose_into", spy)
     _run_inline(tmp_path, "clips", "decompose.workers=0", "decompose.videos_per_shard=3")
     assert calls == ["train_2", "train_3", "text", "val_0"]  # the two whole videos were not decomposed again
     assert _contents(clips) == _contents(tmp_path / "reference")
@@ -216,6 +239,8 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 300.0) -> bool
 
 @pytest.mark.slow
 def test_sigkill_at_three_moments_then_rerun_gives_the_uninterrupted_shards(tmp_path):
+    import psutil
+
     _corpus(tmp_path / "corpus", seconds=(20, 20, 20, 20, 20), val=(20, 20))
     opts = ("decompose.workers=2", "decompose.videos_per_shard=2")
     ref = _cli(tmp_path, "reference", *opts)
@@ -230,10 +255,13 @@ def test_sigkill_at_three_moments_then_rerun_gives_the_uninterrupted_shards(tmp_
     killed = 0
     for moment in moments:
         proc = _cli(tmp_path, "clips", *opts)
+        workers = []
         if _wait_for(moment, proc):
+            workers = psutil.Process(proc.pid).children()
             proc.send_signal(signal.SIGKILL)
         killed += proc.wait() == -signal.SIGKILL
-        time.sleep(0.3)  # its workers die with it (PR_SET_PDEATHSIG)
+        gone, alive = psutil.wait_procs(workers, timeout=10)
+        assert not alive  # its workers die with it (PR_SET_PDEATHSIG): no orphan keeps writing
         for path in clips.glob("*.tar"):  # every tar under its final name reads to the end
             assert all(set(FIELDS) <= set(r) for r in iter_shard(path, FIELDS)), path
     assert killed >= 2  # (a fast machine may finish before the last moment)

@@ -50,7 +50,8 @@ def plan_units(corpus: Path, tag: str, shard_i: int, shard_n: int, per_tar: int)
         for sample in iter_manifest_share(corpus, split, shard_i, shard_n):
             if sample.kind != "video":
                 continue
-            jobs.append({"id": sample.id, "path": str(sample.media_path(corpus)), "split": split, "caption": sample.caption})
+            path = str(sample.media_path(corpus))
+            jobs.append({"id": sample.id, "path": path, "split": split, "caption": sample.caption})
             if len(jobs) == per_tar:
                 yield Unit(f"{split}-{tag}-{k:05d}", split, jobs)
                 jobs, k = [], k + 1
@@ -73,20 +74,29 @@ def append(path: Path, entry: dict) -> None:
         os.fsync(f.fileno())
 
 
-def read_journal(path: Path) -> dict:
+def read_journal(path: Path, repair: bool = False) -> dict:
     """{"digest", "entries": [video entries in order], "begun": id begun without an entry or None, "done", "offset"}.
-    A torn last line (the writer was killed inside it) is ignored."""
+    A torn last line (its writer was killed inside it) is skipped, and with ``repair`` cut off the file, so that the
+    next line does not join it (only the unit's one writer may repair)."""
     state: dict = {"digest": None, "entries": [], "begun": None, "done": False, "offset": 0}
     if not path.is_file():
         return state
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_bytes().split(b"\n")
+    valid = 0
     for n, line in enumerate(lines):
+        if not line:
+            valid += 1
+            continue
         try:
             entry = json.loads(line)
-        except json.JSONDecodeError:
-            if n == len(lines) - 1:
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            if n == len(lines) - 1:  # no newline after it: torn
+                if repair:
+                    with open(path, "r+b") as f:
+                        f.truncate(valid)
                 break
             raise VideolavitError(f"{path}: line {n + 1} is not JSON; delete the file to redo that shard") from None
+        valid += len(line) + 1
         if "digest" in entry:
             state["digest"] = entry["digest"]
         elif "begin" in entry:
@@ -103,7 +113,7 @@ def note_dead_worker(out: Path, unit: Unit, how: str) -> Optional[str]:
     """The parent's record of a worker that died inside a video: that video becomes a reject. Returns its id, or None
     when the worker died between videos (nothing to blame)."""
     path = journal_path(out, unit.name)
-    state = read_journal(path)
+    state = read_journal(path, repair=True)
     if state["begun"] is None:
         return None
     job = next(j for j in unit.jobs if j["id"] == state["begun"])
@@ -124,7 +134,7 @@ def process_unit(unit: Unit, out: Path, cfg: Any, parent_pid: Optional[int] = No
     """Decompose the unit's videos not yet in its journal into its tar, clip by clip; finish and rename the tar."""
     jpath, tar_path = journal_path(out, unit.name), out / f"{unit.name}.tar"
     partial = tar_path.with_name(tar_path.name + PARTIAL)
-    state = read_journal(jpath)
+    state = read_journal(jpath, repair=True)
     digest = unit.digest()
     fresh = state["digest"] != digest or (
         not partial.is_file() and not tar_path.is_file() and any(e.get("clips") for e in state["entries"])
@@ -183,7 +193,8 @@ def decompose_into(job: dict, video_cfg: Any, tar: PartialTar, codec: tuple, par
             count += 1
         if not count:
             raise VideoError(job["path"], "no clip could be cut (no I-frame followed by a full 24-frame clip)")
-        return {"video": job["id"], "clips": count, "truncated": bool(stream.truncated), "motion": sums.as_dict(clips=True)}
+        motion = sums.as_dict(clips=True)
+        return {"video": job["id"], "clips": count, "truncated": bool(stream.truncated), "motion": motion}
     except MotionCodecError:
         raise
     except MemoryError:
@@ -205,7 +216,8 @@ class MotionSums:
     def __init__(self, d: Optional[dict] = None) -> None:
         d = d or {}
         self.n, self.nonzero = int(d.get("n", 0)), int(d.get("nonzero", 0))
-        self.sum, self.sq = np.array(d.get("sum", [0.0, 0.0]), np.float64), np.array(d.get("sq", [0.0, 0.0]), np.float64)
+        self.sum = np.array(d.get("sum", [0.0, 0.0]), np.float64)
+        self.sq = np.array(d.get("sq", [0.0, 0.0]), np.float64)
         self.clips: list[list] = []
 
     def add(self, motion: np.ndarray) -> None:
@@ -231,5 +243,6 @@ class MotionSums:
 
     def as_dict(self, clips: bool = False) -> dict:
         mean, std = self.mean_std()
-        d = {"n": self.n, "sum": self.sum.tolist(), "sq": self.sq.tolist(), "nonzero": self.nonzero, "mean": mean, "std": std}
+        d = {"n": self.n, "sum": self.sum.tolist(), "sq": self.sq.tolist(), "nonzero": self.nonzero}
+        d.update(mean=mean, std=std)
         return {**d, "clips": self.clips} if clips else d

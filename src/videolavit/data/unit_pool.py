@@ -65,7 +65,10 @@ def _worker_main(conn, cfg_yaml: str, out: str, parent_pid: int) -> None:
 
 def describe_exit(code: Optional[int]) -> str:
     if code is not None and code < 0:
-        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
         hint = ": the out-of-memory killer sends this" if -code == signal.SIGKILL else ""
         return f"killed by {name}{hint}"
     return f"exit code {code}"

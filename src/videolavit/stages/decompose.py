@@ -67,7 +67,9 @@ def _prepare(out: Path, tag: str, shard_n: int, fingerprint: dict) -> None:
     if marker.is_file() and marker.read_text() == text:
         return
     pattern = "*" if shard_n == 1 else f"*-{tag}-*"
-    for path in [*out.glob(f"{pattern}.tar"), *out.glob(f"{pattern}.tar{PARTIAL}"), *(out / JOURNAL_DIR).glob(f"{pattern}.jsonl")]:
+    stale = [*out.glob(f"{pattern}.tar"), *out.glob(f"{pattern}.tar{PARTIAL}")]
+    stale += (out / JOURNAL_DIR).glob(f"{pattern}.jsonl")
+    for path in stale:
         path.unlink()
     if shard_n == 1:
         for path in (out / "parts").glob("*.*"):
@@ -86,7 +88,8 @@ def _lock(out: Path, tag: str):
 
 def _summarize(out: Path, units: list, tag: str, video: dict) -> tuple[dict, list[dict]]:
     """This shard's part: its units' journals read in plan order (not finishing order)."""
-    part: dict = {"shard": tag, "videos": 0, "videos_ok": 0, "rejects": 0, "truncated": [], "clips": dict.fromkeys(SPLITS, 0)}
+    part: dict = {"shard": tag, "videos": 0, "videos_ok": 0, "rejects": 0, "truncated": []}
+    part["clips"] = dict.fromkeys(SPLITS, 0)
     sums, rejects = MotionSums(), []
     for name, split in units:
         for entry in read_journal(journal_path(out, name))["entries"]:
@@ -110,7 +113,8 @@ def _merge_parts(out: Path, shard_n: int) -> dict | None:
     paths = [out / "parts" / f"stats-{i}of{shard_n}.json" for i in range(shard_n)]
     if not all(p.is_file() for p in paths):
         return None
-    merged: dict = {"videos": 0, "videos_ok": 0, "rejects": 0, "clips": dict.fromkeys(SPLITS, 0), "shards": [], "truncated": []}
+    merged: dict = {"videos": 0, "videos_ok": 0, "rejects": 0, "shards": [], "truncated": []}
+    merged["clips"] = dict.fromkeys(SPLITS, 0)
     sums, rejects = MotionSums(), []
     for path in paths:
         st = json.loads(path.read_text())
@@ -184,12 +188,14 @@ def run(cfg: DictConfig) -> dict[str, float]:
             if path.name not in names:
                 path.unlink()
         part, rejects = _summarize(out, planned, tag, OmegaConf.to_container(cfg.video, resolve=True))
-        _write_atomic(out / "parts" / f"rejects-{tag}.jsonl", "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects))
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
+        _write_atomic(out / "parts" / f"rejects-{tag}.jsonl", lines)
         _write_atomic(out / "parts" / f"stats-{tag}.json", json.dumps(part, indent=2, sort_keys=True) + "\n")
         merged = _merge_parts(out, shard_n)
     finally:
         lock.close()
-    motion = merged["motion"] if merged else {"std": part["motion"]["std"], "nonzero_fraction": part["motion"]["nonzero"] / max(part["motion"]["n"], 1)}
+    own = part["motion"]  # until every shard is in, the metrics describe this one
+    motion = merged["motion"] if merged else {"std": own["std"], "nonzero_fraction": own["nonzero"] / max(own["n"], 1)}
     seconds = time.perf_counter() - started
     clips = sum(part["clips"].values())
     ratio = part["rejects"] / max(part["videos"], 1)
