@@ -131,3 +131,24 @@ def test_a_sharded_release_converts_to_safetensors_shards_with_the_same_logits(t
     assert logits.argmax(-1).tolist() == GOLDEN["argmax"]
     probe = logits[:, GOLDEN["probe_ids"]]
     assert (probe - torch.tensor(GOLDEN["probe_logits"])).abs().max() / GOLDEN["abs_max"] < 1e-4
+
+
+def test_the_understanding_lm_converts_its_llama_and_reports_its_visual_input_as_not(tmp_path):
+    """language_model_sft/ is the same Llama plus the tokenizers VideoLaVITLlamaModel builds inside it."""
+    from videolavit.models.lm import build_lm
+    from videolavit.vocab import PAPER_VOCAB
+
+    state = llama_state_small()
+    state["model.visual_tokenizer.vit_proj.weight"] = torch.zeros(32, 8)
+    state["model.motion_tokenizer.encoder.in_proj.weight"] = torch.zeros(32, 2)
+    root = _release(tmp_path / "release", state)
+    (root / "language_model").rename(root / "language_model_sft")
+    torch.save({"vit_proj.weight": torch.zeros(32, 8)}, root / "language_model_sft" / "visual_weight.bin")
+    out = tmp_path / "out"
+    assert main(["import-official", str(root), "--out", str(out)]) == 0
+    part = {p["part"]: p for p in json.loads((out / "import_report.json").read_text())["parts"]}["understanding_lm"]
+    assert part["status"] == "partial" and "vit_proj" in part["detail"]
+    assert any("'model.visual_tokenizer.*'" in n for n in part["notes"])
+    model = build_lm(PAPER_VOCAB, pretrained_path=str(out / "understanding_lm"), dtype="float32").eval()
+    with torch.no_grad():
+        assert model(input_ids=llama_input_small()).logits[0].argmax(-1).tolist() == GOLDEN["argmax"]

@@ -67,8 +67,13 @@ def _read_config(source: Path) -> dict:
     return config
 
 
-def convert_language_model(source: Path, out: Path, writer: Callable) -> tuple[str, list[str], int]:
-    """Write ``out`` (config, safetensors shards, tokenizer); return (summary, notes, tensor count)."""
+def convert_language_model(
+    source: Path, out: Path, writer: Callable, drop_prefixes: tuple[str, ...] = ()
+) -> tuple[str, list[str], int]:
+    """Write ``out`` (config, safetensors shards, tokenizer); return (summary, notes, tensor count).
+
+    ``drop_prefixes``: tensors of modules our LM does not have (the understanding LM's embedded tokenizers), skipped
+    and counted in a note."""
     source = Path(source)
     config = _read_config(source)
     layout = llama_layout(config)
@@ -85,12 +90,17 @@ def convert_language_model(source: Path, out: Path, writer: Callable) -> tuple[s
         tmp.mkdir(parents=True)
         weight_map: dict[str, str] = {}
         dropped = total = 0
+        skipped: dict[str, int] = {}
         for i, path in enumerate(files):
             state = read_state_dict(path)
             kept = {}
             for name, tensor in state.items():
                 if name.endswith(DROPPED_SUFFIX):
                     dropped += 1
+                    continue
+                prefix = next((p for p in drop_prefixes if name.startswith(p)), None)
+                if prefix is not None:
+                    skipped[prefix] = skipped.get(prefix, 0) + 1
                     continue
                 if name not in layout:
                     raise ReleaseFormatError(f"'{path}' has '{name}', which a Llama with '{source / 'config.json'}' lacks")
@@ -112,12 +122,14 @@ def convert_language_model(source: Path, out: Path, writer: Callable) -> tuple[s
         if len(files) > 1:
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        # our loader builds a plain LlamaForCausalLM (the understanding LM's subclass only adds the tokenizers)
+        (tmp / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"]}, indent=2) + "\n")
         for name in COPIED_FILES:  # JSON and the sentencepiece proto: data, never unpickled
             if (source / name).is_file():
                 shutil.copyfile(source / name, tmp / name)
         if dropped:
             notes.append(f"dropped {dropped} rotary_emb.inv_freq buffer(s) (recomputed from the config)")
+        notes.extend(f"left out {n} '{p}*' tensor(s): no such module in our LM" for p, n in skipped.items())
         notes.append(_fast_tokenizer(tmp))
         count = len(weight_map)
 

@@ -101,14 +101,30 @@ def _convert_video_detokenizer(release: Path, out: Path, options: dict) -> PartR
     return PartResult("video_detokenizer", "partial", [str(source)], str(target), detail, [], len(encoder))
 
 
+UNDERSTANDING_WHY_NOT = ("its visual input, continuous token-merger features through vit_proj (visual_weight.bin), "
+                         "is not something this project feeds its LM (discrete visual ids only)")
+
+
+def _convert_understanding_lm(release: Path, out: Path, options: dict) -> PartResult:
+    """Its Llama converts like the generation LM's; the visual tokenizer it embeds does not (UNDERSTANDING_WHY_NOT)."""
+    from videolavit.convert.language_model import convert_language_model
+
+    source, target = release / "language_model_sft", out / "understanding_lm"
+    # VideoLaVITLlamaModel builds both tokenizers inside the LM; their tensors in its shards are not the LM's
+    drop = ("model.visual_tokenizer.", "model.motion_tokenizer.")
+    detail, notes, count = convert_language_model(source, target, writer=_write_atomically, drop_prefixes=drop)
+    found = [str(p) for p in (source, source / "visual_weight.bin") if p.exists()]
+    detail = f"{detail}; not converted: {UNDERSTANDING_WHY_NOT}"
+    return PartResult("understanding_lm", "partial", found, str(target), detail, notes, count)
+
+
 PARTS: tuple[Part, ...] = (
     Part("motion_tokenizer", ("motion_tokenizer.bin",), _convert_motion_tokenizer),
     Part("language_model", ("language_model",), _convert_language_model),
     Part("video_detokenizer", ("video_detokenizer/unet/diffusion_pytorch_model.bin",), _convert_video_detokenizer),
     Part("visual_tokenizer", ("visual_tokenizer",), None,
          "the official EVA ViT-G has a CLS token and LayerNorm eps 1e-6, its merger and decode head differ from ours"),
-    Part("understanding_lm", ("language_model_sft", "visual_weight.bin"), None,
-         "it takes continuous token-merger features through vit_proj; this project feeds discrete visual ids only"),
+    Part("understanding_lm", ("language_model_sft",), _convert_understanding_lm),
     Part("image_detokenizer", ("image_detokenizer",), None,
          "its AttentionPool2d condition has no counterpart in our keyframe detokenizer (mean + Linear)"),
 )
