@@ -210,6 +210,25 @@ def test_rerun_resumes_a_killed_unit_after_its_last_whole_video(tmp_path, monkey
     assert _contents(clips) == _contents(tmp_path / "reference")
 
 
+def test_new_settings_redo_the_shards_and_a_finished_run_is_not_redone(tmp_path, monkeypatch):
+    from videolavit.data import clip_units
+
+    _corpus(tmp_path / "corpus", seconds=(8.5,), val=())
+    _run_inline(tmp_path, "clips", "decompose.workers=0", "decompose.frame_codec=npy")
+    calls = []
+    real = clip_units.decompose_into
+    monkeypatch.setattr(clip_units, "decompose_into", lambda job, *a: calls.append(job["id"]) or real(job, *a))
+    _run_inline(tmp_path, "clips", "decompose.workers=0", "decompose.frame_codec=npy", "decompose.workers=0")
+    assert calls == []  # every unit done: nothing decomposed again
+    _run_inline(tmp_path, "clips", "decompose.workers=0", "decompose.frame_codec=h264")
+    assert calls == ["train_0", "text"]
+    import tarfile
+
+    (path,) = clip_shard_paths(tmp_path / "clips", "train")
+    names = tarfile.open(path).getnames()
+    assert any(n.endswith(".frames.mp4") for n in names) and not any(n.endswith(".frames.npy") for n in names)
+
+
 def test_merged_stats_do_not_depend_on_which_shard_finishes_last(tmp_path):
     _corpus(tmp_path / "corpus")
     for order, clips in (((0, 1), "a"), ((1, 0), "b")):

@@ -53,8 +53,10 @@ def _write_atomic(path: Path, text: str) -> None:
 def _fingerprint(cfg: DictConfig) -> dict:
     """What the shards' bytes depend on besides the corpus: a change makes a re-run start this shard over."""
     dec = cfg.decompose
+    video = OmegaConf.to_container(cfg.video, resolve=True)
+    video.pop("threads", None)  # decoder threads change the speed, not the clips
     return {
-        "video": OmegaConf.to_container(cfg.video, resolve=True),
+        "video": video,
         "codec": [dec.frame_codec, dec.motion_dtype, int(dec.frame_crf)],
         "videos_per_shard": int(dec.videos_per_shard),
     }
@@ -69,8 +71,10 @@ def _prepare(out: Path, tag: str, shard_n: int, fingerprint: dict) -> None:
     pattern = "*" if shard_n == 1 else f"*-{tag}-*"
     stale = [*out.glob(f"{pattern}.tar"), *out.glob(f"{pattern}.tar{PARTIAL}")]
     stale += (out / JOURNAL_DIR).glob(f"{pattern}.jsonl")
+    stale += [out / "parts" / f"stats-{tag}.json", out / "parts" / f"rejects-{tag}.jsonl"]
+    stale += [out / "stats.json", out / "rejects.jsonl"]  # they no longer describe the shards
     for path in stale:
-        path.unlink()
+        path.unlink(missing_ok=True)
     if shard_n == 1:
         for path in (out / "parts").glob("*.*"):
             path.unlink()
@@ -86,7 +90,7 @@ def _lock(out: Path, tag: str):
     return handle
 
 
-def _summarize(out: Path, units: list, tag: str, video: dict) -> tuple[dict, list[dict]]:
+def _summarize(out: Path, units: list, tag: str, settings: dict) -> tuple[dict, list[dict]]:
     """This shard's part: its units' journals read in plan order (not finishing order)."""
     part: dict = {"shard": tag, "videos": 0, "videos_ok": 0, "rejects": 0, "truncated": []}
     part["clips"] = dict.fromkeys(SPLITS, 0)
@@ -104,7 +108,7 @@ def _summarize(out: Path, units: list, tag: str, video: dict) -> tuple[dict, lis
                 part["truncated"].append(entry["video"])
     part["rejects"] = len(rejects)
     part["motion"] = sums.as_dict()
-    part["video"] = video
+    part["video"], part["settings"] = settings["video"], settings
     return part, rejects
 
 
@@ -113,11 +117,13 @@ def _merge_parts(out: Path, shard_n: int) -> dict | None:
     paths = [out / "parts" / f"stats-{i}of{shard_n}.json" for i in range(shard_n)]
     if not all(p.is_file() for p in paths):
         return None
+    parts = [json.loads(p.read_text()) for p in paths]
+    if any(st["settings"] != parts[0]["settings"] for st in parts):  # some shard still to re-run with new settings
+        return None
     merged: dict = {"videos": 0, "videos_ok": 0, "rejects": 0, "shards": [], "truncated": []}
     merged["clips"] = dict.fromkeys(SPLITS, 0)
     sums, rejects = MotionSums(), []
-    for path in paths:
-        st = json.loads(path.read_text())
+    for path, st in zip(paths, parts):
         for key in ("videos", "videos_ok", "rejects"):
             merged[key] += st[key]
         merged["truncated"] += st["truncated"]
@@ -187,7 +193,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         for path in out.glob(f"*-{tag}-*.tar"):  # tars of a unit the corpus no longer has
             if path.name not in names:
                 path.unlink()
-        part, rejects = _summarize(out, planned, tag, OmegaConf.to_container(cfg.video, resolve=True))
+        part, rejects = _summarize(out, planned, tag, _fingerprint(cfg))
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects)
         _write_atomic(out / "parts" / f"rejects-{tag}.jsonl", lines)
         _write_atomic(out / "parts" / f"stats-{tag}.json", json.dumps(part, indent=2, sort_keys=True) + "\n")
