@@ -10,7 +10,7 @@ import sys
 from typing import Optional, Sequence
 
 from videolavit.config import STAGES
-from videolavit.errors import VideolavitError
+from videolavit.errors import StageInterrupted, VideolavitError
 
 
 def _stage_module(stage: str):
@@ -84,6 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.overrides = [*getattr(args, "overrides", []), *extra]
     try:
         return _dispatch(args)
+    except StageInterrupted as exc:  # preemption: not a success (0) nor a bad input (2), the signal's 128 + signum
+        print(f"videolavit: {exc}", file=sys.stderr)
+        return exc.exit_code
     except VideolavitError as exc:
         print(f"videolavit: error: {exc}", file=sys.stderr)
         return 2

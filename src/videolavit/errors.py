@@ -81,3 +81,16 @@ def require_path(path: str | os.PathLike, what: str, hint: str) -> Path:
 
 class ReleaseFormatError(VideolavitError):
     """A file of the released Video-LaVIT weights is not what the converter can read safely (names the file)."""
+
+
+class StageInterrupted(VideolavitError):
+    """A signal stopped the stage (SIGTERM: preemption, ``docker stop``); the CLI exits ``128 + signum``."""
+
+    def __init__(self, signum: int, message: str):
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(message)
+
+
+class StageBusyError(VideolavitError):
+    """Another process holds this stage's output lock (a second run of the same stage would write the same outputs)."""

@@ -6,10 +6,14 @@ Stage wiring every stage shares (corpus and report too, which must not load torc
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+import os
+import socket
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -33,20 +37,78 @@ def write_metrics(cfg: DictConfig, stage: str, metrics: dict[str, float]) -> Pat
 
 
 def run_stage(cfg: DictConfig, stage: str, fn: Callable[[], dict]) -> dict[str, float]:
-    """Seed, call ``fn()`` inside the stage's MLflow run (or the active one: a sweep trial), log and write its metrics."""
-    seed_everything(int(cfg.seed))
-    torch = sys.modules.get("torch")  # loaded by the stage's module when the stage uses it
-    if cfg.compute.threads and torch is not None:
-        torch.set_num_threads(int(cfg.compute.threads))
-    if tracking.active().enabled:
-        metrics = fn()
-        tracking.active().log_metrics(_numeric(metrics))
-    else:
-        with tracking.start_run(cfg, stage) as mlrun:
+    """Seed, call ``fn()`` inside the stage's MLflow run (or the active one: a sweep trial), log and write its metrics,
+    all under the stage's output lock (:func:`output_lock`)."""
+    with output_lock(cfg, stage):
+        seed_everything(int(cfg.seed))
+        torch = sys.modules.get("torch")  # loaded by the stage's module when the stage uses it
+        if cfg.compute.threads and torch is not None:
+            torch.set_num_threads(int(cfg.compute.threads))
+        if tracking.active().enabled:
             metrics = fn()
-            mlrun.log_metrics(_numeric(metrics))
-    write_metrics(cfg, stage, metrics)
+            tracking.active().log_metrics(_numeric(metrics))
+        else:
+            with tracking.start_run(cfg, stage) as mlrun:
+                metrics = fn()
+                mlrun.log_metrics(_numeric(metrics))
+        write_metrics(cfg, stage, metrics)
     return metrics
+
+
+def lock_path(cfg: DictConfig, stage: str) -> Path:
+    """``<paths.runs>/.locks/<stage>.lock`` (one per decompose shard: shards write disjoint outputs)."""
+    name = stage
+    shard = str(cfg.get("decompose", {}).get("shard", "0/1")) if stage == "decompose" else "0/1"
+    if shard != "0/1":
+        name += "-shard" + shard.replace("/", "of")
+    return Path(cfg.paths.runs) / ".locks" / f"{name}.lock"
+
+
+def _launcher_rank() -> int:
+    # Lightning's DDP children, torchrun and srun start the stage once per process; only the first one locks.
+    for key in ("RANK", "LOCAL_RANK", "SLURM_PROCID"):
+        value = os.environ.get(key, "0")
+        if value.isdigit() and int(value) != 0:
+            return int(value)
+    return 0
+
+
+@contextlib.contextmanager
+def output_lock(cfg: DictConfig, stage: str):
+    """Hold an exclusive lock on :func:`lock_path` while the stage runs: a second run of the same stage (an orphan
+    left by a killed ``dvc repro`` and a new one) fails fast with StageBusyError naming the holder's PID. The kernel
+    drops the lock with the process, so a killed run never leaves it stale."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        fcntl = None
+    if fcntl is None or _launcher_rank() != 0:
+        yield
+        return
+    from videolavit.errors import StageBusyError
+
+    path = lock_path(cfg, stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a process that wrote no PID yet"
+        handle.close()
+        raise StageBusyError(
+            f"{stage}: another run of this stage is writing its outputs ({holder}; lock {path}). Wait for it to "
+            f"finish or stop it (kill <pid>): the lock is released when that process exits"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def stage_entry(stage: str) -> Callable[[Callable[[DictConfig], dict]], Callable[[DictConfig], dict]]:

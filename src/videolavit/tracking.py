@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import socket
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
@@ -65,40 +67,46 @@ class Run:
     def enabled(self) -> bool:
         return self.run_id is not None
 
+    def client(self):
+        import mlflow
+
+        return mlflow.MlflowClient(self.uri)
+
     def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
         if not self.enabled:
             return
-        import mlflow
+        import time
 
-        clean = {k: float(v) for k, v in metrics.items() if v is not None and _is_number(v)}
-        if clean:
-            mlflow.log_metrics(clean, step=step, run_id=self.run_id)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        clean = [Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and _is_number(v)]
+        for i in range(0, len(clean), 1000):  # MLflow caps a batch at 1000 metrics
+            self.client().log_batch(self.run_id, metrics=clean[i : i + 1000])
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        import mlflow
+        from mlflow.entities import Param
 
-        items = [(k, "" if v is None else str(v)[:6000]) for k, v in params.items()]
+        items = [Param(k, "" if v is None else str(v)[:6000]) for k, v in params.items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
-            mlflow.log_params(dict(items[i : i + 100]), run_id=self.run_id)
+            self.client().log_batch(self.run_id, params=items[i : i + 100])
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        import mlflow
+        from mlflow.entities import RunTag
 
-        client = mlflow.MlflowClient(self.uri)
-        for k, v in tags.items():
-            client.set_tag(self.run_id, k, "" if v is None else str(v))
+        items = [RunTag(k, "" if v is None else str(v)) for k, v in tags.items()]
+        for i in range(0, len(items), 100):
+            self.client().log_batch(self.run_id, tags=items[i : i + 100])
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: Optional[str] = None) -> None:
         if not self.enabled:
             return
-        import mlflow
-
         p = Path(path)
-        client = mlflow.MlflowClient(self.uri)
+        client = self.client()
         if p.is_dir():
             client.log_artifacts(self.run_id, str(p), artifact_path)
         else:
@@ -120,9 +128,10 @@ def active() -> Run:
 
 @contextlib.contextmanager
 def start_run(cfg: Any, stage: str, tags: Optional[Mapping[str, Any]] = None, nested: bool = False) -> Iterator[Run]:
-    """Open one MLflow run for ``stage``: config as params, tags git sha / stage / profile / dvc.lock hash.
+    """Open one MLflow run for ``stage``: config as params, tags git sha / stage / profile / dvc.lock hash / PID.
 
-    The run ends FINISHED on success and FAILED when the stage raises (the exception propagates).
+    The run ends FINISHED on success, KILLED when a signal stopped the stage, FAILED when it raised (the exception
+    propagates). Runs of this stage left RUNNING by a process that no longer exists are marked KILLED first.
     """
     global _ACTIVE
     from videolavit.config import to_flat_dict
@@ -135,35 +144,156 @@ def start_run(cfg: Any, stage: str, tags: Optional[Mapping[str, Any]] = None, ne
             _ACTIVE = previous
         return
 
-    import logging
+    from mlflow.entities import Param, RunStatus
 
-    import mlflow
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     uri = tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(cfg.tracking.experiment)
+    client, experiment_id = open_store(uri, cfg.tracking.experiment)
+    mark_dead_runs_killed(client, experiment_id, stage)
+    sha = git_sha()
     all_tags = {
         "videolavit.stage": stage,
         "videolavit.profile": cfg.profile,
         "videolavit.corpus": cfg.corpus.source,
-        "mlflow.source.git.commit": git_sha(),
-        "git_sha": git_sha(),
+        "mlflow.source.git.commit": sha,
+        "git_sha": sha,
+        "mlflow.source.name": os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python",
+        "mlflow.user": _user(),
+        **process_tags(),
     }
     lock = dvc_lock_hash(stage)
     if lock:
         all_tags["dvc_lock_hash"] = lock
+    if nested and _ACTIVE is not None and _ACTIVE.enabled:
+        all_tags["mlflow.parentRunId"] = _ACTIVE.run_id
     all_tags.update(tags or {})
     run_name = cfg.tracking.run_name or f"{stage}-{cfg.profile}"
-    mlrun = mlflow.start_run(experiment_id=experiment.experiment_id, run_name=run_name, nested=nested)
-    run = Run(mlrun.info.run_id, experiment.experiment_id, uri)
+    # The client API, not mlflow.start_run: the fluent call probes Databricks/IPython/git context (~0.3 s) and sets
+    # tags one transaction each; here the run and its tags are one insert and the params ~4 batches.
+    mlrun = client.create_run(experiment_id, run_name=run_name, tags={k: "" if v is None else str(v) for k, v in all_tags.items()})
+    run = Run(mlrun.info.run_id, experiment_id, uri)
     previous, _ACTIVE = _ACTIVE, run
-    status = "FAILED"
+    status = RunStatus.to_string(RunStatus.FAILED)
     try:
-        run.set_tags(all_tags)
-        run.log_params(to_flat_dict(cfg))
+        params = [Param(k, "" if v is None else str(v)[:6000]) for k, v in to_flat_dict(cfg).items()]
+        for i in range(0, len(params), 100):  # MLflow caps a batch at 100 params
+            client.log_batch(run.run_id, params=params[i : i + 100])
         yield run
-        status = "FINISHED"
+        status = RunStatus.to_string(RunStatus.FINISHED)
+    except BaseException as exc:
+        if _stopped_by_signal(exc):
+            status = RunStatus.to_string(RunStatus.KILLED)
+        raise
     finally:
         _ACTIVE = previous
-        mlflow.end_run(status=status)
+        client.set_terminated(run.run_id, status)
+
+
+def _stopped_by_signal(exc: BaseException) -> bool:
+    from videolavit.errors import StageInterrupted
+
+    return isinstance(exc, (StageInterrupted, KeyboardInterrupt, SystemExit))
+
+
+def _user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # no passwd entry (some containers)
+        return "unknown"
+
+
+def process_tags() -> dict[str, str]:
+    """Host, PID and the PID's start time: enough to tell later whether the process behind a RUNNING run is alive."""
+    return {"videolavit.host": socket.gethostname(), "videolavit.pid": str(os.getpid()), "videolavit.pid_start": str(_start_time(os.getpid()))}
+
+
+def _start_time(pid: int) -> Optional[float]:
+    try:
+        import psutil
+
+        return round(psutil.Process(pid).create_time(), 2)
+    except Exception:  # no such process (or psutil cannot see it)
+        return None
+
+
+def process_alive(pid: int, start_time: Optional[str]) -> bool:
+    """Whether ``pid`` runs and is the same process (same start time: PIDs are reused)."""
+    if pid <= 0:
+        return False
+    now = _start_time(pid)
+    if now is None:
+        return False
+    try:
+        return start_time in (None, "", "None") or abs(float(start_time) - now) < 1.0
+    except ValueError:
+        return True
+
+
+def mark_dead_runs_killed(client: Any, experiment_id: str, stage: str) -> list[str]:
+    """Runs of ``stage`` still RUNNING whose process on this host is gone (SIGKILL, OOM killer, power loss) → KILLED."""
+    from mlflow.entities import RunStatus
+
+    host = socket.gethostname()
+    runs = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`videolavit.stage` = '{stage}' and tags.`videolavit.host` = '{host}'",
+        max_results=1000,
+    )
+    killed = []
+    for r in runs:
+        pid = r.data.tags.get("videolavit.pid", "")
+        if pid.isdigit() and not process_alive(int(pid), r.data.tags.get("videolavit.pid_start")):
+            client.set_terminated(r.info.run_id, RunStatus.to_string(RunStatus.KILLED))
+            client.set_tag(r.info.run_id, "videolavit.killed_reason", f"process {pid} on {host} was gone when the next {stage} run started")
+            killed.append(r.info.run_id)
+    return killed
+
+
+def _sqlite_path(uri: str) -> Optional[Path]:
+    prefix = "sqlite:///"
+    if not uri.startswith(prefix):
+        return None
+    path = uri[len(prefix) :].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def open_store(uri: str, experiment: str) -> tuple[Any, str]:
+    """An ``MlflowClient`` on ``uri`` and the id of ``experiment`` (created if absent), safe when many stages start at
+    once: for a SQLite store, creating its tables and the experiment happens under a file lock beside the database
+    (concurrent first use otherwise races alembic's migrations and corrupts the store)."""
+    import logging
+
+    import mlflow
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401  (import outside the lock: ~0.8 s, no DB access)
+
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    db = _sqlite_path(uri)
+    guard: Any = contextlib.nullcontext()
+    if db is not None:
+        from filelock import FileLock
+
+        db.parent.mkdir(parents=True, exist_ok=True)
+        guard = FileLock(str(db) + ".lock", timeout=600)
+    with guard:
+        client = mlflow.MlflowClient(uri)
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            try:
+                experiment_id = client.create_experiment(experiment)
+            except mlflow.exceptions.MlflowException:  # a server store: another client created it meanwhile
+                found = client.get_experiment_by_name(experiment)
+                if found is None:
+                    raise
+                experiment_id = found.experiment_id
+        elif found.lifecycle_stage == "deleted":
+            from videolavit.errors import ConfigError
+
+            raise ConfigError(
+                f"tracking.experiment: experiment '{experiment}' is deleted in {uri}; restore it "
+                f"(`mlflow experiments restore --experiment-id {found.experiment_id}`) or choose another name"
+            )
+        else:
+            experiment_id = found.experiment_id
+    return client, experiment_id

@@ -41,6 +41,7 @@ from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.visual_tokenizer import VisualTokenizer
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.detokenizer import DetokenizerModule, FrozenTokenizers
+from videolavit.training.checkpoints import fit as fit_from
 from videolavit.training.trainer import make_trainer, resume_checkpoint
 
 STAGE = "detokenizer"
@@ -216,7 +217,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=callbacks)
     ckpt_path = resume_checkpoint(cfg, STAGE, train_cfg.resume)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_from(trainer, module, datamodule, ckpt_path, STAGE)
     train_seconds = time.perf_counter() - started
 
     out_dir = artifact_dir(cfg, STAGE)

@@ -24,6 +24,7 @@ from videolavit.metrics.frechet import FrechetVideoDistance
 from videolavit.models.evaluators import CorpusEvaluators, VideoAttributeClassifier, WordTokenizer
 from videolavit.runner import stage_entry
 from videolavit.training.evaluators import ClipLabels, EvaluatorsModule, evaluate
+from videolavit.training.checkpoints import fit as fit_from
 from videolavit.training.trainer import make_trainer, resume_checkpoint
 
 STAGE = "evaluators"
@@ -78,7 +79,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         int(stage_cfg.clip.eval_frames),
     )
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=callbacks)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, STAGE, train_cfg.resume))
+    fit_from(trainer, module, datamodule, resume_checkpoint(cfg, STAGE, train_cfg.resume), STAGE)
 
     module = module.cpu().eval()
     evaluators = CorpusEvaluators(module.classifier, module.clip)

@@ -19,6 +19,7 @@ from videolavit.models.motion_tokenizer import load_weights_from
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.callbacks import SampleThroughput
 from videolavit.training.motion_tokenizer import MotionTokenizerModule, evaluate
+from videolavit.training.checkpoints import fit as fit_from
 from videolavit.training.trainer import make_trainer, resume_checkpoint
 
 STAGE = "motion_tokenizer"
@@ -53,7 +54,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     throughput = SampleThroughput()
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=[throughput, *(callbacks or [])])
     ckpt_path = resume_checkpoint(cfg, STAGE, train_cfg.resume)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_from(trainer, module, datamodule, ckpt_path, STAGE)
 
     model = module.model.eval()
     out_dir = artifact_dir(cfg, STAGE)

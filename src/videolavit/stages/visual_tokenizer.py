@@ -20,6 +20,7 @@ from videolavit.data.datamodules import ImageDataModule
 from videolavit.models.visual_tokenizer import count_parameters
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.callbacks import SampleThroughput
+from videolavit.training.checkpoints import fit as fit_from
 from videolavit.training.trainer import make_trainer, resume_checkpoint
 from videolavit.training.visual_tokenizer import VisualTokenizerModule, evaluate
 
@@ -48,7 +49,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     )
     throughput = SampleThroughput()
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=[throughput, *(callbacks or [])])
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(cfg, STAGE, train_cfg.resume))
+    fit_from(trainer, module, datamodule, resume_checkpoint(cfg, STAGE, train_cfg.resume), STAGE)
 
     model = module.model.cpu().eval()
     out_dir = artifact_dir(cfg, STAGE)

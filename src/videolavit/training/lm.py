@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from videolavit.errors import ConfigError, require_path
 from videolavit.models.lm import modality_loss_sums
 from videolavit.training.optim import adamw_with_cosine
+from videolavit.training.checkpoints import fit as fit_from
+from videolavit.training.checkpoints import verify_checkpoint
 from videolavit.training.trainer import checkpoint_dir, make_trainer, resume_checkpoint
 from videolavit.vocab import Vocab
 
@@ -193,6 +195,7 @@ def resume_path(cfg: DictConfig, stage: str, resume: str) -> Optional[str]:
     """Like ``resume_checkpoint``, and also a sharded FSDP ``last.ckpt`` (a directory)."""
     last = checkpoint_dir(cfg, stage) / "last.ckpt"
     if resume == "auto" and last.is_dir():
+        verify_checkpoint(last, cfg, stage)
         return str(last)
     return resume_checkpoint(cfg, stage, resume)
 
@@ -228,7 +231,7 @@ def fit_lm(cfg: DictConfig, stage: str, model, vocab: Vocab, datamodule, callbac
     throughput = TokenThroughput()
     trainer = make_trainer(cfg, stage, train_cfg, callbacks=[throughput, *(callbacks or [])],
                            **trainer_overrides(cfg, train_cfg, model))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, stage, train_cfg.resume))
+    fit_from(trainer, module, datamodule, resume_path(cfg, stage, train_cfg.resume), stage)
     return trainer, module, throughput
 
 

@@ -17,14 +17,21 @@ def checkpoint_dir(cfg: DictConfig, stage: str) -> Path:
 
 
 def resume_checkpoint(cfg: DictConfig, stage: str, resume: str) -> Optional[str]:
-    """``never`` → None; ``auto`` → ``runs/<stage>/checkpoints/last.ckpt`` if present; else a path that must exist."""
+    """``never`` → None; ``auto`` → ``runs/<stage>/checkpoints/last.ckpt`` if present; else a path that must exist.
+    Either is checked against its integrity record first (training/checkpoints.py)."""
     if resume in (None, "", "never", "false", False):
         return None
+    from videolavit.training.checkpoints import verify_checkpoint
+
     if resume == "auto":
         last = checkpoint_dir(cfg, stage) / "last.ckpt"
-        return str(last) if last.is_file() else None
+        if not last.is_file():
+            return None
+        verify_checkpoint(last, cfg, stage)
+        return str(last)
     if not Path(resume).is_file():
         raise ConfigError(f"{stage}.train.resume: checkpoint '{resume}' does not exist (use 'auto' or 'never')")
+    verify_checkpoint(resume, cfg, stage)
     return str(resume)
 
 
@@ -38,16 +45,10 @@ def make_trainer(
 ):
     """A Lightning Trainer wired to the active MLflow run and to ``runs/<stage>/checkpoints`` (``last.ckpt``)."""
     import lightning as L
-    from lightning.pytorch.callbacks import ModelCheckpoint
 
-    ckpt = ModelCheckpoint(
-        dirpath=str(checkpoint_dir(cfg, stage)),
-        filename="step{step}",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=int(train_cfg.checkpoint_every_n_steps),
-        save_on_train_epoch_end=False,
-    )
+    from videolavit.training.checkpoints import make_checkpoint_callback
+
+    ckpt = make_checkpoint_callback(cfg, stage, checkpoint_dir(cfg, stage), int(train_cfg.checkpoint_every_n_steps))
     loggers: list = []
     run = tracking.active()
     if run.enabled:
