@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from videolavit.data.images import read_image, resize_images
+from videolavit.data.resumable import ResumableDataModule, batches_served, global_worker
 from videolavit.data.shards import ARRAY_FIELDS, SPLITS, clip_shard_paths, iter_clip_records
 from videolavit.errors import MissingArtifactError
 
@@ -99,11 +99,7 @@ class ShardStream(IterableDataset):
         The DataLoader takes batches from its workers round-robin starting at worker 0, so a loader resumed at batch
         ``start_batch`` relabels worker w as (w + start_batch) % workers: the one that served that batch originally.
         """
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
-        if self.infinite:
-            worker = (worker + self.start_batch) % workers
-        return self.rank * workers + worker, self.world_size * workers, workers
+        return global_worker(self.rank, self.world_size, self.start_batch if self.infinite else 0)
 
     def _records(self, epoch: int, me: int, total: int) -> Iterator[dict]:
         paths = list(self.paths)
@@ -130,8 +126,7 @@ class ShardStream(IterableDataset):
         if not self.infinite:
             yield from self._records(0, me, total)
             return
-        worker = me - self.rank * workers  # served batches worker, worker + workers, ... before start_batch
-        skip = max(0, -(-(self.start_batch - worker) // workers)) * self.batch_size
+        skip = batches_served(self.start_batch, me - self.rank * workers, workers) * self.batch_size
         epoch, served = 0, 0
         while True:
             for record in self._shuffled(self._records(epoch, me, total), random.Random(f"{self.seed}-{epoch}-{me}")):
@@ -143,7 +138,7 @@ class ShardStream(IterableDataset):
             epoch += 1
 
 
-class ClipDataModule(L.LightningDataModule):
+class ClipDataModule(ResumableDataModule):
     """Batches of clip records from ``cfg.paths.clips``: ``{"key", <fields> as tensors, optional "meta"}``."""
 
     def __init__(
@@ -154,13 +149,11 @@ class ClipDataModule(L.LightningDataModule):
         eval_batch_size: Optional[int] = None,
         in_memory: Optional[bool] = None,
     ):
-        super().__init__()
+        super().__init__(cfg)
         self.clips_dir = Path(cfg.paths.clips)
         self.fields = tuple(fields)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.seed = int(cfg.seed)
-        self.num_workers = int(cfg.compute.num_workers or 0)
         self.in_memory = in_memory
         self._memory: dict[str, list[dict]] = {}
 
@@ -187,23 +180,6 @@ class ClipDataModule(L.LightningDataModule):
                 raise MissingArtifactError(f"the '{split}' clip shards in '{self.clips_dir}' hold no clips")
             self._memory[split] = records
         return self._memory[split]
-
-    def _generator(self) -> torch.Generator:
-        # Loaders get their own generator so creating one never draws from the global RNG (which training uses).
-        return torch.Generator().manual_seed(self.seed)
-
-    def _start_batch(self) -> int:
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        return int(trainer.global_step) * int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
-
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
-
-    def train_dataloader(self) -> DataLoader:
-        return self.train_loader(self._start_batch())
 
     def train_loader(self, start_batch: int = 0) -> DataLoader:
         """The endless training stream from batch ``start_batch`` on (what a run resumed at that step sees)."""
@@ -316,8 +292,8 @@ class ImageTrainStream(IterableDataset):
         self.start_batch, self.rank, self.world_size = int(start_batch), int(rank), int(world_size)
 
     def __iter__(self) -> Iterator[dict]:
-        info = get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        me, _, workers = global_worker(self.rank, self.world_size)
+        worker = me - self.rank * workers
         n = len(self.dataset)
         epoch, order = -1, None
         batch = self.start_batch + worker
@@ -331,7 +307,7 @@ class ImageTrainStream(IterableDataset):
             batch += workers
 
 
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(ResumableDataModule):
     """uint8 [B, S, S, 3] batches of the clips' keyframes (``paths.clips``) and the corpus images (``paths.corpus``)."""
 
     def __init__(
@@ -344,7 +320,7 @@ class ImageDataModule(L.LightningDataModule):
         images: bool = True,
         in_memory: Optional[bool] = None,
     ):
-        super().__init__()
+        super().__init__(cfg)
         from videolavit.errors import ConfigError
 
         if not (keyframes or images):
@@ -353,8 +329,6 @@ class ImageDataModule(L.LightningDataModule):
         self.image_size, self.batch_size = int(image_size), int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.keyframes, self.images, self.in_memory = keyframes, images, in_memory
-        self.seed = int(cfg.seed)
-        self.num_workers = int(cfg.compute.num_workers or 0)
         self._datasets: dict[str, ImageItems] = {}
 
     def items(self, split: str) -> list[ImageItem]:
@@ -386,15 +360,6 @@ class ImageDataModule(L.LightningDataModule):
             self._datasets[split] = ImageItems(items, self.image_size, in_memory)
         return self._datasets[split]
 
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
-
-    def train_dataloader(self) -> DataLoader:
-        trainer = self.trainer
-        start = 0 if trainer is None else int(trainer.global_step) * int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
-        return self.train_loader(start)
-
     def train_loader(self, start_batch: int = 0) -> DataLoader:
         """The endless training stream from batch ``start_batch`` on (what a run resumed at that step sees)."""
         dataset = self.dataset("train")
@@ -404,10 +369,6 @@ class ImageDataModule(L.LightningDataModule):
         return DataLoader(
             stream, batch_size=self.batch_size, collate_fn=collate_images, num_workers=workers, generator=self._generator()
         )
-
-    def _generator(self) -> torch.Generator:
-        # without one, every loader iterator draws its base seed from the global RNG, which training uses
-        return torch.Generator().manual_seed(self.seed)
 
     def _eval_dataloader(self, split: str) -> DataLoader:
         dataset = self.dataset(split)

@@ -17,7 +17,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 from torch.utils.data import DataLoader, IterableDataset
 
-from videolavit.data.lm_data import ListDataset, LMDataModule, collate_labeled, global_worker, pack_groups
+from videolavit.data.lm_data import ListDataset, LMDataModule, collate_labeled, pack_groups
+from videolavit.data.resumable import batches_served, global_worker
 from videolavit.errors import MissingArtifactError
 from videolavit.vocab import Vocab
 
@@ -129,8 +130,7 @@ class InstructStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict]:
         me, total, workers = global_worker(self.rank, self.world)
-        worker = me - self.rank * workers
-        skip = max(0, -(-(self.start_batch - worker) // workers))
+        skip = batches_served(self.start_batch, me - self.rank * workers, workers)
         served, epoch, batch = 0, 0, []
         while True:
             rows = self.rows(epoch, me, total)
@@ -171,10 +171,11 @@ class InstructDataModule(LMDataModule):
         return InstructSamples(self.conversations(split), self.media(split), self.tokenizer, self.vocab, self.template,
                                self.seq_len, self.turns if turns is None else turns)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_loader(self, start_batch: int = 0) -> DataLoader:
+        """The endless training stream from batch ``start_batch`` on (what a run resumed at that step sees)."""
         rank, world = self._rank()
         stream = InstructStream(self.samples("train"), self.seed, self.batch_size, self.pad_id, rank, world,
-                                self._start_batch(), self.pack)
+                                start_batch, self.pack)
         return self._loader(stream, None, None, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:

@@ -18,11 +18,11 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from videolavit.data.resumable import ResumableDataModule, batches_served, global_worker
 from videolavit.data.tokens import read_token_meta, token_shard_paths, vocab_from_meta
 from videolavit.errors import ConfigError, MissingArtifactError
 from videolavit.vocab import Vocab
@@ -149,14 +149,6 @@ def collate_labeled(rows: Sequence[tuple[list[int], list[int]]], pad_id: int) ->
 
 
 # ---- records ------------------------------------------------------------------------------------------------------
-
-
-def global_worker(rank: int, world: int) -> tuple[int, int, int]:
-    """(this worker's index among all, how many in all, dataloader workers per rank)."""
-    info = get_worker_info()
-    workers = info.num_workers if info is not None else 1
-    worker = info.id if info is not None else 0
-    return rank * workers + worker, world * workers, workers
 
 
 def load_media_records(
@@ -296,9 +288,7 @@ class PretrainStream(IterableDataset):
         me, total, workers = global_worker(self.rank, self.world)
         samples = self.make_samples(me, total)
         windows = pack_windows(mixed_samples(samples, self.weights, self.seed * 1000 + me), self.seq_len, self.lookahead)
-        # The DataLoader takes batches from its workers in turn: worker w served batches w, w+W, ... before start.
-        worker = me - self.rank * workers
-        skip = max(0, -(-(self.start_batch - worker) // workers))
+        skip = batches_served(self.start_batch, me - self.rank * workers, workers)
         served = 0
         while True:
             batch = [next(windows) for _ in range(self.batch_size)]
@@ -318,21 +308,19 @@ class ListDataset(Dataset):
         return self.items[index]
 
 
-class LMDataModule(L.LightningDataModule):
-    """What both LM data modules share: token meta, vocabulary, text tokenizer, rank, resume position."""
+class LMDataModule(ResumableDataModule):
+    """What both LM data modules share: token meta, vocabulary, text tokenizer (rank and resume: the base)."""
 
     def __init__(self, cfg: Any, tokenizer, batch_size: int, eval_batch_size: Optional[int] = None):
-        super().__init__()
+        super().__init__(cfg)
         self.tokens_dir = Path(cfg.paths.tokens)
         self.meta = read_token_meta(self.tokens_dir)
         self.vocab = vocab_from_meta(self.meta)
         self.tokenizer = tokenizer
         self.seq_len = int(cfg.lm.seq_len)
         self.video_input = str(cfg.lm.video_input)
-        self.seed = int(cfg.seed)
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
-        self.num_workers = int(cfg.compute.num_workers or 0)
         self.bos = tokenizer.bos_token_id
         self.eos = tokenizer.eos_token_id
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
@@ -340,16 +328,6 @@ class LMDataModule(L.LightningDataModule):
             raise ConfigError("the text tokenizer has no EOS token; the LM stages separate samples with it")
         if self.bos is None:
             self.bos = self.eos
-
-    def _rank(self) -> tuple[int, int]:
-        trainer = self.trainer
-        return (int(trainer.global_rank), int(trainer.world_size)) if trainer is not None else (0, 1)
-
-    def _start_batch(self) -> int:
-        trainer = self.trainer
-        if trainer is None:
-            return 0
-        return int(trainer.global_step) * int(getattr(trainer, "accumulate_grad_batches", 1) or 1)
 
     def records(self, split: str, part: int = 0, parts: int = 1) -> list[dict]:
         if not token_shard_paths(self.tokens_dir, split):
@@ -359,7 +337,7 @@ class LMDataModule(L.LightningDataModule):
 
     def _loader(self, dataset, batch_size, collate, workers: int = 0) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, shuffle=False,
-                          generator=torch.Generator().manual_seed(self.seed), persistent_workers=False)
+                          generator=self._generator(), persistent_workers=False)
 
 
 class PretrainDataModule(LMDataModule):
@@ -393,11 +371,12 @@ class PretrainDataModule(LMDataModule):
                                   media=[record["media"].tolist()], template=self.template, vocab=self.vocab)
         return conv.input_ids
 
-    def train_dataloader(self) -> DataLoader:
+    def train_loader(self, start_batch: int = 0) -> DataLoader:
+        """The endless training stream from batch ``start_batch`` on (what a run resumed at that step sees)."""
         rank, world = self._rank()
         stream = PretrainStream(
             functools.partial(self.samples, "train"), self.weights, self.seed, self.batch_size,
-            self.seq_len, self.lookahead, self.pad_id, rank, world, self._start_batch(),
+            self.seq_len, self.lookahead, self.pad_id, rank, world, start_batch,
         )
         return self._loader(stream, None, None, self.num_workers)
 
