@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from videolavit.models.lm import build_lm, count_parameters, modality_loss_sums
+from videolavit.models.blocks import count_parameters
+from videolavit.models.lm import build_lm, modality_loss_sums
 from videolavit.vocab import Vocab
 
 

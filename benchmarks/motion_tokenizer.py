@@ -24,7 +24,8 @@ def _train_steps(profile: str, batch: int, steps: int, warmup: int, threads: int
     import torch
 
     from videolavit.config import load_config, section_kwargs
-    from videolavit.models.motion_tokenizer import MotionTokenizer, count_parameters
+    from videolavit.models.blocks import count_parameters
+    from videolavit.models.motion_tokenizer import MotionTokenizer
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

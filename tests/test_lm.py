@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from videolavit.errors import ConfigError, MissingArtifactError
+from videolavit.models.blocks import count_parameters
 from videolavit.models.lm import (
     IGNORE_INDEX,
     build_lm,
-    count_parameters,
     loss_by_modality,
     modality_loss_sums,
     paper_llama2_7b_config,

@@ -9,7 +9,8 @@ import torch
 
 from videolavit.config import load_config, section_kwargs
 from videolavit.errors import ConfigError, MissingArtifactError
-from videolavit.models.motion_tokenizer import MotionTokenizer, count_parameters
+from videolavit.models.blocks import count_parameters
+from videolavit.models.motion_tokenizer import MotionTokenizer
 
 SMALL = dict(
     frames=8, height=4, width=6, dim=16, depth=2, heads=2, downsample_after=[1, 2],

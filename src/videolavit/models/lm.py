@@ -170,11 +170,6 @@ def build_lm(
     return resize_to_vocab(model, vocab, noise_scale=noise_scale, seed=seed)
 
 
-def count_parameters(model) -> int:
-    """Unique parameters (a tied head counts once)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 # ---- per-modality loss ----------------------------------------------------------------------------------------------
 
 

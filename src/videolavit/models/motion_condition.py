@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from videolavit.models.motion_tokenizer import SpatioTemporalBlock
+from videolavit.models.blocks import SpatioTemporalBlock
 
 
 class MotionConditionEncoder(nn.Module):

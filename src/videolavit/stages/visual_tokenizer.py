@@ -17,9 +17,10 @@ from omegaconf import DictConfig
 from videolavit.artifacts import artifact_dir
 from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ImageDataModule
-from videolavit.models.visual_tokenizer import count_parameters
+from videolavit.models.blocks import count_parameters
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.callbacks import SampleThroughput
+from videolavit.training.topology import micro_batch
 from videolavit.training.checkpoints import fit as fit_from
 from videolavit.training.trainer import make_trainer, resume_checkpoint
 from videolavit.training.visual_tokenizer import VisualTokenizerModule, evaluate
@@ -41,7 +42,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     stage_cfg, train_cfg = cfg.visual_tokenizer, cfg.visual_tokenizer.train
     kwargs = model_kwargs(cfg)
     datamodule = ImageDataModule(
-        cfg, kwargs["image_size"], int(train_cfg.batch_size), keyframes=bool(stage_cfg.keyframes), images=bool(stage_cfg.images)
+        cfg, kwargs["image_size"], micro_batch(cfg, STAGE), keyframes=bool(stage_cfg.keyframes), images=bool(stage_cfg.images)
     )
     runs_dir = Path(cfg.paths.runs) / STAGE
     module = VisualTokenizerModule(
