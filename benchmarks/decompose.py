@@ -36,6 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
+# The synthetic inputs are the test fixtures' (tests/fixtures/synthetic_video.py): the package does not ship them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
 FPS = 6
 BITRATE_K = 8000
 ROUTES = ("ours", "ours-fast", "official", "official-lean")
@@ -43,7 +46,7 @@ ROUTES = ("ours", "ours-fast", "official", "official-lean")
 
 def panning_scene(width: int, height: int, num_frames: int, seed: int = 0):
     """Frames of a textured background panning 2 px/frame with a textured square crossing it (uint8 [H, W, 3])."""
-    from videolavit.video.synthetic import texture
+    from fixtures.synthetic_video import texture
 
     rng = np.random.default_rng(seed)
     margin = 2 * num_frames + 8
@@ -63,7 +66,7 @@ def panning_scene(width: int, height: int, num_frames: int, seed: int = 0):
 
 def make_inputs(cache: Path, long: bool) -> dict[str, Path]:
     from videolavit.video.io import write_video
-    from videolavit.video.synthetic import moving_square
+    from fixtures.synthetic_video import moving_square
 
     cache.mkdir(parents=True, exist_ok=True)
     inputs = {

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from videolavit.video.io import write_video
-from videolavit.video.synthetic import moving_square
+from fixtures.synthetic_video import moving_square
 
 pytestmark = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="the official route needs the ffmpeg CLI")
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "decompose.py"

@@ -55,7 +55,7 @@ def world(tmp_path_factory):
     from test_generate import build_tiny_models
 
     from videolavit.config import load_config
-    from videolavit.data.toy_tokens import write_toy_token_corpus
+    from fixtures.toy_tokens import write_toy_token_corpus
 
     root = tmp_path_factory.mktemp("evaluate")
     paths = [f"paths.{k}={root / k}" for k in ("corpus", "clips", "tokens", "models", "metrics", "reports", "runs")]

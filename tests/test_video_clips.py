@@ -9,7 +9,7 @@ import videolavit.video.source as source
 from videolavit.config import load_config
 from videolavit.video import ClipStream, decompose_video, iter_clips
 from videolavit.video.io import write_video
-from videolavit.video.synthetic import moving_square
+from fixtures.synthetic_video import moving_square
 
 
 def _tiny(*overrides):

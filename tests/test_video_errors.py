@@ -19,7 +19,7 @@ from videolavit.errors import (
 )
 from videolavit.video import decompose_video, iter_clips
 from videolavit.video.io import write_video
-from videolavit.video.synthetic import moving_square
+from fixtures.synthetic_video import moving_square
 
 
 @pytest.fixture(scope="module")

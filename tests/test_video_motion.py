@@ -9,7 +9,7 @@ from videolavit.config import load_config
 from videolavit.video import decompose_video, denormalize_motion, normalize_motion
 from videolavit.video.io import write_video
 from videolavit.video.motion import resize_grid
-from videolavit.video.synthetic import moving_square, square_box
+from fixtures.synthetic_video import moving_square, square_box
 
 MB = 16
 

@@ -10,7 +10,7 @@ from videolavit.cli import main
 from videolavit.config import load_config
 from videolavit.errors import ConfigError, VideoError
 from videolavit.video.io import write_video
-from videolavit.video.synthetic import moving_square
+from fixtures.synthetic_video import moving_square
 from videolavit.video.visualize import show_motion
 
 
