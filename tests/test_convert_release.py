@@ -17,7 +17,8 @@ def test_a_partial_release_converts_its_parts_and_reports_the_rest(tmp_path):
     (release / "video_detokenizer" / "unet").mkdir(parents=True)
     unet = {**encoder_state_small(), "unet.conv_in.weight": torch.zeros(4, 8, 3, 3)}  # the official file holds both
     torch.save(unet, release / "video_detokenizer" / "unet" / "diffusion_pytorch_model.bin")
-    (release / "visual_tokenizer").mkdir()
+    (release / "visual_tokenizer").mkdir()  # empty: no tokenizer_encoder.bin, so not found
+    (release / "image_detokenizer").mkdir()
     torch.save(motion_state_small(), release / "motion_tokenizer.bin")
     out = tmp_path / "out"
     results = import_release(release, out, motion_heads=MOTION_SMALL["heads"], motion_grid=(8, 16),
@@ -25,7 +26,7 @@ def test_a_partial_release_converts_its_parts_and_reports_the_rest(tmp_path):
     status = {r.part: r.status for r in results}
     assert status == {
         "motion_tokenizer": "converted", "language_model": "not_found", "video_detokenizer": "partial",
-        "visual_tokenizer": "not_supported", "understanding_lm": "not_found", "image_detokenizer": "not_found",
+        "visual_tokenizer": "not_found", "understanding_lm": "not_found", "image_detokenizer": "not_supported",
     }
     report = json.loads((out / "import_report.json").read_text())
     assert [p["part"] for p in report["parts"]] == list(PART_NAMES)

@@ -101,6 +101,50 @@ def _convert_video_detokenizer(release: Path, out: Path, options: dict) -> PartR
     return PartResult("video_detokenizer", "partial", [str(source)], str(target), detail, [], len(encoder))
 
 
+EVA_FILE, ENCODER_FILE, DECODER_FILE = "eva_vitg_psz14.bin", "tokenizer_encoder.bin", "highres_tokenizer_decoder.bin"
+
+
+def _convert_visual_tokenizer(release: Path, out: Path, options: dict) -> PartResult:
+    """EVA-CLIP -> DIR/eva_clip (the frozen teacher), encoder + decoder -> DIR/visual_tokenizer (official variants)."""
+    import json
+
+    from videolavit.convert.checkpoint import read_state_dict
+    from videolavit.convert.visual_tokenizer import PAPER_HEADS, convert_eva, convert_visual_tokenizer
+
+    folder = release / "visual_tokenizer"
+    sources = [folder / name for name in (EVA_FILE, ENCODER_FILE, DECODER_FILE)]
+    absent = [p.name for p in sources if not p.is_file()]
+    if absent:
+        raise MissingArtifactError(f"'{folder}' lacks {absent}: the visual tokenizer needs all of {EVA_FILE}, "
+                                   f"{ENCODER_FILE} and {DECODER_FILE}")
+    eva_state = read_state_dict(sources[0])
+    eva, eva_notes = convert_eva(eva_state, heads=options.get("eva_heads", PAPER_HEADS), where=str(sources[0]))
+    count = len(eva_state)
+    del eva_state
+    eva_dir = out / "eva_clip"
+    _write_atomically(eva_dir, eva.save_pretrained)
+    encoder, decoder = read_state_dict(sources[1]), read_state_dict(sources[2])
+    model, notes = convert_visual_tokenizer(
+        encoder, decoder, teacher_path=str(eva_dir.resolve()), eva=eva.config,
+        heads=options.get("visual_heads", PAPER_HEADS), decoder_heads=options.get("visual_decoder_heads", PAPER_HEADS),
+        where=str(folder),
+    )
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        config = json.loads((tmp / "config.json").read_text())
+        config["teacher_path"] = "../eva_clip"  # relative to the tokenizer folder: DIR stays usable when moved
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+
+    target = out / "visual_tokenizer"
+    _write_atomically(target, write)
+    c = model.config
+    detail = (f"VisualTokenizer (merger official, decoder head mlp, Gumbel selection at inference) over EVA-CLIP "
+              f"{eva.config['width']}x{eva.config['depth']} in {eva_dir}; {c['codebook_size']}x{c['code_dim']} codebook")
+    return PartResult("visual_tokenizer", "converted", [str(p) for p in sources], str(target), detail,
+                      eva_notes + notes, count + len(encoder) + len(decoder))
+
+
 UNDERSTANDING_WHY_NOT = ("its visual input, continuous token-merger features through vit_proj (visual_weight.bin), "
                          "is not something this project feeds its LM (discrete visual ids only)")
 
@@ -122,8 +166,7 @@ PARTS: tuple[Part, ...] = (
     Part("motion_tokenizer", ("motion_tokenizer.bin",), _convert_motion_tokenizer),
     Part("language_model", ("language_model",), _convert_language_model),
     Part("video_detokenizer", ("video_detokenizer/unet/diffusion_pytorch_model.bin",), _convert_video_detokenizer),
-    Part("visual_tokenizer", ("visual_tokenizer",), None,
-         "the official EVA ViT-G has a CLS token and LayerNorm eps 1e-6, its merger and decode head differ from ours"),
+    Part("visual_tokenizer", ("visual_tokenizer/tokenizer_encoder.bin",), _convert_visual_tokenizer),
     Part("understanding_lm", ("language_model_sft",), _convert_understanding_lm),
     Part("image_detokenizer", ("image_detokenizer",), None,
          "its AttentionPool2d condition has no counterpart in our keyframe detokenizer (mean + Linear)"),

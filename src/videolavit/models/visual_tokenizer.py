@@ -18,7 +18,14 @@ Inference is deterministic. ``selection="expected"`` (default) keeps the k likel
 the count the sampled mask has on average, so the count follows the image and its mean matches training.
 ``"threshold"`` keeps the patches with p_keep > 0.5; it collapses to one token while the selector is unsure (p_keep
 near ρ everywhere: measured on the tiny model after 200 steps). ``"topk"`` keeps round(ρ·N), a fixed count. The
-official code samples the Gumbel mask even at inference (a stochastic count); ``encode(images, sample=True)`` does that.
+official code samples the Gumbel mask even at inference (a stochastic count): ``"gumbel"`` (the paper profile and the
+imported release) does that, as does ``encode(images, sample=True)``.
+
+Official variants (paper profile; what the released weights need, convert/visual_tokenizer.py): ``vit_cls_token`` and
+``vit_norm_eps=1e-6`` (EVA-CLIP's ViT), ``merger="official"`` (selector and residual stream on the raw ViT features,
+cross-attention to ``ln_vision(raw)``, the release's eps-smoothed masked softmax) and ``decoder_head="mlp"``
+(Linear–Tanh–Linear). The constructor defaults keep our tiny recipe's choices. ``teacher_path`` takes a transformers
+vision model or a ``VisionEncoder`` folder (the imported EVA-CLIP).
 
 Training selection: ``train_selection="gumbel"`` (default, LaVIT) samples the hard Gumbel mask; ``"deterministic"``
 trains on the inference choice itself with straight-through gradients to p_keep. While the selector is unsure (p_keep
@@ -39,11 +46,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from videolavit.errors import ConfigError, MissingArtifactError
+from videolavit.models.blocks import MLP
 from videolavit.models.quantizer import VectorQuantizer
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-SELECTIONS = ("expected", "threshold", "topk")
+SELECTIONS = ("expected", "threshold", "topk", "gumbel")
+MERGERS = ("ours", "official")
+DECODER_HEADS = ("linear", "mlp")
+ENCODER_MODEL_TYPE = "videolavit_vision_encoder"
 TRAIN_SELECTIONS = ("gumbel", "deterministic")
 REC_LOSSES = ("auto", "cosine", "mse")
 MAX_PREFIX_TOKENS = 8  # a teacher's non-patch tokens before its patches (CLS, registers)
@@ -83,6 +94,17 @@ def _policy_softmax(scores: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return e / e.sum(-1, keepdim=True).clamp_min(1.0)
 
 
+def _official_policy_softmax(scores: torch.Tensor, weights: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The official merger's masked softmax: max over every key, ``(e·w + eps/K) / (Σ e·w + eps)``.
+
+    Kept for weights imported from the release: a row with no allowed key is uniform, not zero, and the eps terms
+    shift every weight slightly; both change the merged features by more than 1e-4 on seeded weights.
+    """
+    K = scores.shape[-1]
+    e = torch.exp(scores.float() - scores.float().amax(-1, keepdim=True)) * weights.float()
+    return ((e + eps / K) / (e.sum(-1, keepdim=True) + eps)).to(scores.dtype)
+
+
 class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, context_dim: Optional[int] = None):
         super().__init__()
@@ -93,8 +115,13 @@ class Attention(nn.Module):
         self.kv = nn.Linear(context_dim or dim, 2 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x, context=None, key_weights=None, causal: bool = False):
-        """x [B, Q, D]; context [B, K, Dc] (None: self-attention); key_weights [B, K] 0/1 (None: all keys)."""
+    def forward(self, x, context=None, key_weights=None, causal: bool = False, official: bool = False):
+        """x [B, Q, D]; context [B, K, Dc] (None: self-attention); key_weights [B, K] 0/1 (None: all keys).
+
+        ``official``: the released merger's softmax (_official_policy_softmax); in self-attention a query whose own
+        key is masked still attends to itself, as there.
+        """
+        self_attention = context is None
         context = x if context is None else context
         B, Q, D = x.shape
         K = context.shape[1]
@@ -106,26 +133,23 @@ class Attention(nn.Module):
             w = torch.ones(B, 1, 1, K, dtype=x.dtype, device=x.device)
             if key_weights is not None:
                 w = key_weights.to(x.dtype)[:, None, None, :]
+            if official and self_attention and key_weights is not None:
+                eye = torch.eye(Q, K, dtype=x.dtype, device=x.device)
+                w = w + (1.0 - w) * eye
             if causal:
                 w = w * torch.ones(Q, K, dtype=x.dtype, device=x.device).tril()
             scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # [B, h, Q, K]
-            out = _policy_softmax(scores, w) @ v
+            out = (_official_policy_softmax if official else _policy_softmax)(scores, w) @ v
         return self.proj(out.transpose(1, 2).reshape(B, Q, D))
-
-
-class MLP(nn.Sequential):
-    def __init__(self, dim: int, ratio: float):
-        hidden = int(dim * ratio)
-        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
 
 class EncoderBlock(nn.Module):
     """Pre-norm ViT block."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, eps: float = 1e-5):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
-        self.norm2, self.mlp = nn.LayerNorm(dim), MLP(dim, mlp_ratio)
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=eps), Attention(dim, heads)
+        self.norm2, self.mlp = nn.LayerNorm(dim, eps=eps), MLP(dim, mlp_ratio)
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
@@ -141,9 +165,9 @@ class CrossBlock(nn.Module):
         self.norm2, self.cross_attn = nn.LayerNorm(dim), Attention(dim, heads, context_dim)
         self.norm3, self.mlp = nn.LayerNorm(dim), MLP(dim, mlp_ratio)
 
-    def forward(self, x, context, self_weights=None, context_weights=None, causal=False):
-        x = x + self.self_attn(self.norm1(x), key_weights=self_weights, causal=causal)
-        x = x + self.cross_attn(self.norm2(x), context, key_weights=context_weights)
+    def forward(self, x, context, self_weights=None, context_weights=None, causal=False, official=False):
+        x = x + self.self_attn(self.norm1(x), key_weights=self_weights, causal=causal, official=official)
+        x = x + self.cross_attn(self.norm2(x), context, key_weights=context_weights, official=official)
         return x + self.mlp(self.norm3(x))
 
 
@@ -166,20 +190,57 @@ class TokenSelector(nn.Module):
 
 
 class VisionEncoder(nn.Module):
-    """Patchify + pre-norm ViT (no CLS token: LaVIT drops it anyway). images [B, 3, S, S] → [B, N, width]."""
+    """Patchify + pre-norm ViT. images [B, 3, S, S] → [B, N, width] (the last block's output, no final norm).
 
-    def __init__(self, image_size: int, patch_size: int, width: int, depth: int, heads: int, mlp_ratio: float):
+    ``cls_token``: EVA-CLIP's layout, a learned token at position 0 (pos_embed has N + 1 rows) that every patch attends
+    to; its output is dropped, as LaVIT drops it. Without it (our tiny recipes) the patches attend to each other only.
+    """
+
+    def __init__(self, image_size: int, patch_size: int, width: int, depth: int, heads: int, mlp_ratio: float,
+                 cls_token: bool = False, norm_eps: float = 1e-5):
         super().__init__()
+        self.config = dict(image_size=image_size, patch_size=patch_size, width=width, depth=depth, heads=heads,
+                           mlp_ratio=mlp_ratio, cls_token=cls_token, norm_eps=norm_eps)
         self.patch_embed = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size)
-        self.pos_embed = nn.Parameter(torch.zeros(1, (image_size // patch_size) ** 2, width))
-        self.blocks = nn.ModuleList(EncoderBlock(width, heads, mlp_ratio) for _ in range(depth))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if cls_token else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, (image_size // patch_size) ** 2 + int(cls_token), width))
+        self.blocks = nn.ModuleList(EncoderBlock(width, heads, mlp_ratio, norm_eps) for _ in range(depth))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if cls_token:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
 
     def forward(self, images):
-        x = self.patch_embed(images).flatten(2).transpose(1, 2) + self.pos_embed  # [B, N, width]
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # [B, N, width]
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed
         for block in self.blocks:
             x = block(x)
-        return x
+        return x if self.cls_token is None else x[:, 1:]
+
+    def save_pretrained(self, directory) -> Path:
+        """config.json (model_type videolavit_vision_encoder) + model.safetensors: a ``teacher_path`` folder."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.json").write_text(json.dumps({"model_type": ENCODER_MODEL_TYPE, **self.config}, indent=2))
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(directory / "model.safetensors"))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory) -> "VisionEncoder":
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        config = json.loads((directory / "config.json").read_text())
+        config.pop("model_type", None)
+        model = cls(**config)
+        try:
+            model.load_state_dict(load_file(str(directory / "model.safetensors")), strict=True)
+        except (RuntimeError, OSError) as exc:
+            raise MissingArtifactError(f"vision encoder weights in '{directory}' do not match its config: {exc}") from None
+        return model
 
 
 def load_vision_teacher(path: str) -> nn.Module:
@@ -188,8 +249,12 @@ def load_vision_teacher(path: str) -> nn.Module:
     if not directory.is_dir():
         raise MissingArtifactError(
             f"visual tokenizer teacher_path '{path}' is not a directory (save a transformers vision model there "
-            "with save_pretrained, e.g. CLIPVisionModel)"
+            "with save_pretrained, e.g. CLIPVisionModel, or import the released EVA-CLIP with import-official)"
         )
+    config_file = directory / "config.json"
+    if config_file.is_file() and f'"{ENCODER_MODEL_TYPE}"' in config_file.read_text():
+        # our VisionEncoder layout: the released EVA-CLIP ViT-G (eva_vitg_psz14.bin) converted by import-official
+        return VisionEncoder.from_pretrained(directory).eval().requires_grad_(False)
     from transformers import AutoModel
 
     try:
@@ -233,6 +298,10 @@ class VisualTokenizer(nn.Module):
         pixel_target_size: Optional[int] = None,
         saliency_prior: float = 0.0,
         token_loss_weight: float = 1.0,
+        vit_cls_token: bool = False,
+        vit_norm_eps: float = 1e-5,
+        merger: str = "ours",
+        decoder_head: str = "linear",
     ):
         super().__init__()
         if image_size % patch_size:
@@ -241,6 +310,10 @@ class VisualTokenizer(nn.Module):
             raise ConfigError(f"selection '{selection}' is not one of {', '.join(SELECTIONS)}")
         if train_selection not in TRAIN_SELECTIONS:
             raise ConfigError(f"train_selection '{train_selection}' is not one of {', '.join(TRAIN_SELECTIONS)}")
+        if merger not in MERGERS:
+            raise ConfigError(f"merger '{merger}' is not one of {', '.join(MERGERS)}")
+        if decoder_head not in DECODER_HEADS:
+            raise ConfigError(f"decoder_head '{decoder_head}' is not one of {', '.join(DECODER_HEADS)}")
         if rec_loss not in REC_LOSSES:
             raise ConfigError(f"rec_loss '{rec_loss}' is not one of {', '.join(REC_LOSSES)}")
         if pixel_target_size is not None and (pixel_target_size < 1 or patch_size % pixel_target_size):
@@ -260,6 +333,7 @@ class VisualTokenizer(nn.Module):
         self.pixel_target_size = pixel_target_size or patch_size
         self.saliency_prior = float(saliency_prior)
         self.token_loss_weight = float(token_loss_weight)
+        self.official_merger = merger == "official"
 
         if teacher_path:
             self.teacher = load_vision_teacher(teacher_path)
@@ -276,10 +350,15 @@ class VisualTokenizer(nn.Module):
             self.rec_loss = "cosine" if rec_loss == "auto" else rec_loss
         else:
             self.teacher = None
-            self.encoder = VisionEncoder(image_size, patch_size, width, depth, heads, mlp_ratio)
+            self.encoder = VisionEncoder(image_size, patch_size, width, depth, heads, mlp_ratio, vit_cls_token, vit_norm_eps)
             feature_dim = width
             self.target_dim = 3 * self.pixel_target_size**2
             self.rec_loss = "mse" if rec_loss == "auto" else rec_loss
+        if self.official_merger and feature_dim != width:
+            raise ConfigError(
+                f"merger 'official' runs its residual stream on the raw features, so width {width} must equal the "
+                f"feature width {feature_dim} (the teacher's)"
+            )
         self.ln_vision = nn.LayerNorm(feature_dim)
         self.feature_proj = nn.Linear(feature_dim, width) if feature_dim != width else nn.Identity()
 
@@ -300,7 +379,13 @@ class VisualTokenizer(nn.Module):
             CrossBlock(decoder_width, decoder_heads, mlp_ratio, decoder_width) for _ in range(decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(decoder_width)
-        self.decoder_head = nn.Linear(decoder_width, self.target_dim)
+        # "mlp": the released decoder's Linear–Tanh–Linear head ("decode_task_layer"); "linear": one Linear (tiny)
+        if decoder_head == "mlp":
+            self.decoder_head = nn.Sequential(
+                nn.Linear(decoder_width, decoder_width), nn.Tanh(), nn.Linear(decoder_width, self.target_dim)
+            )
+        else:
+            self.decoder_head = nn.Linear(decoder_width, self.target_dim)
         self.token_head = nn.Linear(code_dim, self.target_dim)  # a token's own patch from its code alone
         nn.init.trunc_normal_(self.token_pos, std=0.02)
         nn.init.trunc_normal_(self.queries, std=0.02)
@@ -318,6 +403,8 @@ class VisualTokenizer(nn.Module):
 
     @torch.no_grad()
     def _teacher_features(self, images):
+        if isinstance(self.teacher, VisionEncoder):  # the imported EVA-CLIP: patch features, its CLS already dropped
+            return self.teacher(images)
         hidden = self.teacher(pixel_values=images).last_hidden_state  # [B, prefix + N, Dt]
         extra = hidden.shape[1] - self.num_patches
         if not 0 <= extra <= MAX_PREFIX_TOKENS:
@@ -361,7 +448,7 @@ class VisualTokenizer(nn.Module):
         ``straight_through`` its 0/1 mask carries the gradient of p_keep (value unchanged), so the selector trains on it.
         """
         p_keep = log_probs[..., 0]
-        if sample:
+        if sample or self.selection == "gumbel":  # "gumbel": the official tokenizer samples at inference too
             keep = F.gumbel_softmax(log_probs, tau=self.gumbel_tau, hard=True)[..., 0]
         elif self.selection == "threshold":
             keep = (p_keep > math.log(0.5)).to(log_probs.dtype)
@@ -373,7 +460,7 @@ class VisualTokenizer(nn.Module):
                 k = p_keep.exp().sum(1).round().clamp(1, N)  # [B] the sampled mask's expected count
             rank = p_keep.argsort(1, descending=True).argsort(1)  # [B, N] 0 = likeliest patch
             keep = (rank < k[:, None]).to(log_probs.dtype)
-        if straight_through and not sample:
+        if straight_through and not sample and self.selection != "gumbel":
             p = p_keep.exp()
             keep = keep + p - p.detach()
         # a selector that drops every patch would leave nothing to decode (official issue #38): keep the likeliest one
@@ -399,16 +486,27 @@ class VisualTokenizer(nn.Module):
         else:
             raw = self.encoder(images)  # [B, N, width]
             target = self.patchify(images)
+        x, keep = self._merged_features(raw, images, sample, straight_through)
+        z = self.encode_task(x)  # [B, N, code_dim]; rows of dropped patches are ignored
+        return z, keep, target
+
+    def _merged_features(self, raw, images, sample: bool, straight_through: bool = False):
+        """Raw patch features → (the merger's normalised output [B, N, width] for every patch, keep mask [B, N]).
+
+        ``merger="official"`` (the release): the selector and the residual stream start from the raw features and
+        cross-attend to ``ln_vision(raw)``; ``"ours"``: both start from ``ln_vision(raw)``.
+        """
         feats = self.feature_proj(self.ln_vision(raw))  # [B, N, width]
-        log_probs = self.selector(feats)
+        stream = raw if self.official_merger else feats
+        log_probs = self.selector(stream)
         if self.saliency_prior:
             log_probs = self._with_saliency(log_probs, images)
         keep = self.select(log_probs, sample, straight_through)  # [B, N]
-        x = feats
+        x = stream
         for block in self.merger:
-            x = block(x, feats, self_weights=keep, context_weights=1.0 - keep, causal=self.merger_causal)
-        z = self.encode_task(self.merger_norm(x))  # [B, N, code_dim]; rows of dropped patches are ignored
-        return z, keep, target
+            x = block(x, feats, self_weights=keep, context_weights=1.0 - keep, causal=self.merger_causal,
+                      official=self.official_merger)
+        return self.merger_norm(x), keep
 
     # ---- decoder side ----------------------------------------------------------------------------------------------
     def _decode(self, tokens, weights, positions):
@@ -520,6 +618,9 @@ class VisualTokenizer(nn.Module):
             )
         config = json.loads(config_file.read_text())
         config.pop("model_type", None)
+        teacher = config.get("teacher_path")
+        if teacher and not Path(teacher).is_absolute() and (directory / teacher).is_dir():
+            config["teacher_path"] = str((directory / teacher).resolve())  # import-official writes ../eva_clip
         config.update(overrides)
         model = cls(**config)
         missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
@@ -531,10 +632,6 @@ class VisualTokenizer(nn.Module):
                 f"unexpected {unexpected[:5]}"
             )
         return model
-
-
-def count_parameters(module: Optional[nn.Module]) -> int:
-    return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
 def pad_codes(codes: Sequence[torch.Tensor], pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
