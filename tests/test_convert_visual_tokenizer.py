@@ -112,3 +112,16 @@ def test_a_visual_tokenizer_release_with_a_foreign_tensor_is_refused(tmp_path):
     torch.save(bad, release / "visual_tokenizer" / "tokenizer_encoder.bin")
     with pytest.raises(ReleaseFormatError, match="causal_encoder.extra.weight"):
         import_release(release, tmp_path / "out", parts=["visual_tokenizer"], **HEADS)
+
+
+def test_the_paper_profile_uses_the_official_variants_and_tiny_keeps_its_own():
+    from videolavit.config import load_config
+
+    official = dict(selection="gumbel", merger="official", decoder_head="mlp", vit_cls_token=True, vit_norm_eps=1e-6)
+    ours = dict(selection="expected", merger="ours", decoder_head="linear", vit_cls_token=False, vit_norm_eps=1e-5)
+    for profile, expected in (("paper", official), ("tiny", ours)):
+        model = load_config(profile=profile, params_file=None).visual_tokenizer.model
+        assert {k: getattr(model, k) for k in expected} == expected, profile
+    # the constructor's defaults are the tiny recipe's, so checkpoints saved before the switches load unchanged
+    defaults = VisualTokenizer.__init__.__defaults__
+    assert all(v in defaults for v in ("expected", "ours", "linear"))

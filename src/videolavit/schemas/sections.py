@@ -315,13 +315,19 @@ class VisualTokenizerModelConfig:
     keep_ratio: float = 0.3333333333333333  # ρ: mean fraction of patches kept (LaVIT: 1/3 → ~85 of 256)
     keep_weight: float = 2.0
     gumbel_tau: float = 1.0
-    selection: str = "expected"  # expected | threshold | topk (deterministic inference; models/visual_tokenizer.py)
+    # gumbel (LaVIT's released code: the keep mask sampled at inference too) | expected | threshold | topk (deterministic)
+    selection: str = "gumbel"
     train_selection: str = "gumbel"  # gumbel (LaVIT: sampled mask) | deterministic (inference choice, straight-through)
     rec_loss: str = "auto"  # auto (cosine to a teacher, MSE to pixels) | cosine | mse
     teacher_path: Optional[str] = None  # a local transformers vision model (EVA-CLIP / CLIP); None: pixel target
     saliency_prior: float = 0.0  # + this × z-scored distance of a patch's mean colour from the image's, on its keep logit
     token_loss_weight: float = 0.0  # each kept token's code rebuilds its own patch (token_head); 0: LaVIT's loss alone
     pixel_target_size: Optional[int] = None  # pixel target: each patch average-pooled to s×s (1: its mean colour); None: full
+    # The released LaVIT's architecture (what import-official's weights need; models/visual_tokenizer.py):
+    vit_cls_token: bool = True  # EVA-CLIP's CLS token at position 0 (its output dropped); false: patches only
+    vit_norm_eps: float = 1e-6  # EVA-CLIP's LayerNorm eps in the ViT
+    merger: str = "official"  # official (residual stream from the raw ViT features) | ours (from ln_vision of them)
+    decoder_head: str = "mlp"  # mlp (the release's Linear–Tanh–Linear) | linear
 
 
 @dataclass
