@@ -146,11 +146,11 @@ class DecomposeConfig:
     videos_per_shard: int = 64  # videos per output tar (~4 clips each on WebVid: ~300 MB tars at ~1.2 MB a clip)
     max_reject_ratio: float = 0.2
     shard: str = "0/1"  # i/n: this process handles the i-th of n byte ranges of each split's manifest
-    # Clip frames as H.264 (x264 CRF frame_crf, 4:4:4), motion as float16: 1.16 MB a paper-profile clip of textured
-    # 720p footage instead of 13.57 MB raw, decoded frames 36.1 dB PSNR against the raw ones, motion within 4e-3
-    # (std 0.7); CRF 16: 1.53 MB, 37.8 dB; 20: 0.85 MB, 34.6 dB (benchmarks/data_scale.py clips). ffv1: lossless.
+    # Clip frames as H.264 (x264 veryfast, CRF frame_crf, 4:4:4), motion as float16: 1.23 MB a paper-profile clip of
+    # textured 720p footage instead of 13.57 MB raw, decoded frames 35.6 dB PSNR against the raw ones, motion within
+    # 4e-3 (std 0.7); CRF 14: 1.62 MB, 37.1 dB; 18: 0.90 MB, 34.2 dB (benchmarks/data_scale.py clips). ffv1: lossless.
     frame_codec: str = "h264"  # npy (raw) | ffv1 (lossless) | h264
-    frame_crf: int = 18
+    frame_crf: int = 16
     motion_dtype: str = "float16"  # float32 | float16
 
 
