@@ -94,7 +94,7 @@ def test_text_to_video_motion_span_is_exact_and_files_are_readable(zoo, pipe, tm
     assert video.motion.shape[:3] == (1, 2, info["frames"])
 
     written = save_video(video, tmp_path / "clip.mp4")
-    assert [p.name for p in written] == ["clip.mp4", "clip.gif"]
+    assert [p.name for p in written] == ["clip.mp4", "clip.gif", "clip.preview.gif", "clip.strip.png"]
     assert len(_decoded_frames(written[0])) == info["frames"]
     assert len(_decoded_frames(written[1])) == info["frames"]  # PyAV reads the GIF too
     assert _decoded_frames(written[1])[0].shape == (*FRAME_SIZE, 3)
@@ -125,6 +125,21 @@ def test_image_to_video_uses_the_image_as_first_keyframe_and_its_tokens(pipe, zo
     assert np.array_equal(video.keyframes[0], expected)
 
 
+def test_image_to_video_frame_0_is_the_input_image(pipe):
+    """The input image (at the video's frame size) is frame 0 exactly, not the detokenizer's redraw of it."""
+    from videolavit.data.pixels import to_uint8, to_unit
+
+    vd = pipe.m.video_detokenizer
+    size = (vd.config["height"], vd.config["width"])
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)  # at the frame size: no resize in the way
+    video = pipe.image_to_video(image, "it moves", clips=1)
+    err = np.mean((video.frames[0].astype(np.float64) - image.astype(np.float64)) ** 2)
+    psnr = 10 * np.log10(255.0**2 / max(err, 1e-10))
+    assert psnr >= 30.0, f"frame 0 is {psnr:.1f} dB from the input image"
+    assert np.array_equal(video.frames[0], to_uint8(to_unit(image, size, "cpu")[0].permute(1, 2, 0)))
+
+
 def test_cli_generate_writes_mp4_and_gif(zoo, tmp_path, monkeypatch):
     from videolavit.cli import main
 
@@ -136,6 +151,13 @@ def test_cli_generate_writes_mp4_and_gif(zoo, tmp_path, monkeypatch):
     assert main(["generate", "a red circle moves to the left", *paths, *FAST, "--out", str(out)]) == 0
     assert out.is_file() and out.with_suffix(".gif").is_file()
     assert len(_decoded_frames(out)) == info["frames"]
+    from PIL import Image
+
+    # previews a person can look at: nearest-neighbour upscaled so the short side is >= 128 px
+    with Image.open(tmp_path / "clip.preview.gif") as gif:
+        assert min(gif.size) >= 128 and gif.n_frames == info["frames"]
+    with Image.open(tmp_path / "clip.strip.png") as strip:
+        assert strip.size[1] >= 128 and strip.size[0] > strip.size[1]
 
 
 def test_qa_answers_about_an_image_file(pipe, zoo, tmp_path):
@@ -212,13 +234,25 @@ def test_bad_requests_are_clear_errors(zoo, pipe, tmp_path):
     assert [p.suffix for p in save_video(video, tmp_path / "only.gif")] == [".gif"]
 
 
+def test_previews_are_nearest_neighbour_blocks():
+    from videolavit.inference.media import frame_strip, preview_scale, upscale
+
+    frames = np.random.default_rng(0).integers(0, 256, (17, 16, 24, 3), dtype=np.uint8)
+    assert preview_scale(frames) == 8
+    big = upscale(frames, 8)
+    assert big.shape == (17, 128, 192, 3) and np.array_equal(big[:, ::8, ::8], frames)
+    strip = frame_strip(frames, 8, max_frames=9)
+    assert strip.shape == (128, 9 * 192 + 8 * 2, 3)
+    assert np.array_equal(strip[:, :192], big[0]) and np.array_equal(strip[:, -192:], big[-1])
+
+
 def test_odd_frame_sizes_are_padded_for_h264(tmp_path):
     from videolavit.inference.media import save_video
     from videolavit.inference.pipeline import GeneratedVideo
 
     frames = np.full((3, 7, 9, 3), 200, dtype=np.uint8)
     video = GeneratedVideo(frames, [], [], [], [], np.zeros((1, 2, 3, 1, 1), np.float32), fps=6.0)
-    mp4, gif = save_video(video, tmp_path / "odd.mp4")
+    mp4, gif, _, _ = save_video(video, tmp_path / "odd.mp4")
     decoded = _decoded_frames(mp4)
     assert len(decoded) == 3 and decoded[0].shape == (8, 10, 3)
     assert _decoded_frames(gif)[0].shape == (7, 9, 3)

@@ -67,7 +67,7 @@ def evaluate_t2v(cfg: DictConfig, protocol: DictConfig, results: Results, pipe, 
             still, _, _ = pipe.render(visual, motion, first_keyframe=keyframes[0], motion=torch.zeros_like(motion_field))
             ablated.append(to_uint8(still[0].permute(0, 2, 3, 1)))
         if i < int(t2v.save_samples):
-            written = save_video(video, out_dir / f"t2v_{i:02d}_{sample.id}.mp4", gif=True)
+            written = save_video(video, out_dir / f"t2v_{i:02d}_{sample.id}.mp4", gif=True, previews=False)
             rows.append({"id": sample.id, "caption": sample.caption, "files": [p.name for p in written],
                          "visual_tokens": len(visual[0]), "targets": targets[-1]})
     if rows:

@@ -117,7 +117,7 @@ def generate_long_video(
     its ``sample`` (``functools.partial(vd.sample, steps=25, max_guidance=4.0)``) or any callable (keyframe, motion) →
     frames. ``video_size`` (H, W): the size ``video`` expects (default: the video detokenizer's, else the keyframe
     detokenizer's).
-    ``first_keyframe`` [B, 3, H, W] replaces the first rendered keyframe (image-to-video).
+    ``first_keyframe`` [B, 3, H, W] replaces the first rendered keyframe and is the first frame (image-to-video).
     """
     if isinstance(video, torch.nn.Module) and hasattr(video, "sample"):
         video_size = video_size or (video.config["height"], video.config["width"])
@@ -147,6 +147,10 @@ def generate_long_video(
             raise ValueError(
                 f"the video detokenizer returned {tuple(frames.shape)}, expected [B, {motion.shape[2]}, 3, H, W]"
             )
+        if i == 0 and first_keyframe is not None:
+            # Image-to-video: the given image is the video's frame 0 as it is, not the detokenizer's redraw of it
+            # (a re-render scored ~20 dB against the input on the tiny run).
+            frames = torch.cat([_resize(first_keyframe, frames.shape[-2:]).to(frames)[:, None], frames[:, 1:]], dim=1)
         clips.append(frames)
     # The first frame of a later clip re-renders the seam; keep the earlier clip's.
     frames = torch.cat([clips[0]] + [clip[:, 1:] for clip in clips[1:]], dim=1)
