@@ -231,7 +231,8 @@ def test_bad_requests_are_clear_errors(zoo, pipe, tmp_path):
     video = pipe.text_to_video("a red circle")
     with pytest.raises(ConfigError, match=".avi"):
         save_video(video, tmp_path / "clip.avi")
-    assert [p.suffix for p in save_video(video, tmp_path / "only.gif")] == [".gif"]
+    assert [p.name for p in save_video(video, tmp_path / "only.gif", previews=False)] == ["only.gif"]
+    assert not list(tmp_path.glob("clip.*"))  # a bad name writes nothing
 
 
 def test_previews_are_nearest_neighbour_blocks():

@@ -80,11 +80,11 @@ def save_video(video: "GeneratedVideo", out: str | Path, gif: bool = True, previ
 
     out = Path(out)
     suffix = out.suffix.lower()
+    if suffix not in ("", ".gif", *VIDEO_SUFFIXES):
+        raise ConfigError(f"cannot write a video to '{out}': use a {', '.join(VIDEO_SUFFIXES)} or .gif name")
     extra = write_previews(video.frames, video.fps, out.with_suffix("")) if previews else []
     if suffix == ".gif":
         return [write_gif(out, video.frames, video.fps), *extra]
-    if suffix not in ("", *VIDEO_SUFFIXES):
-        raise ConfigError(f"cannot write a video to '{out}': use a {', '.join(VIDEO_SUFFIXES)} or .gif name")
     mp4 = out if suffix else out.with_suffix(".mp4")
     frames = video.frames
     pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2  # yuv420p needs even sides
