@@ -255,4 +255,4 @@ def test_profiles_build_the_configured_tokenizer():
     assert (model.image_size, model.patch_size, model.num_patches) == (224, 14, 256)
     assert tuple(model.quantizer.codebook.shape) == (16384, 32)
     assert model.keep_ratio == pytest.approx(1 / 3) and model.teacher is None
-    assert paper.visual_tokenizer.train.batch_size * 8 * paper.visual_tokenizer.train.accumulate_grad_batches == 2048
+    assert (paper.visual_tokenizer.train.batch_size, paper.visual_tokenizer.train.global_batch) == (32, 2048)

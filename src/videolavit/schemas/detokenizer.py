@@ -127,9 +127,11 @@ class DetokenizerStageConfig:
     video: VideoDetokenizerConfig = field(default_factory=VideoDetokenizerConfig)
     eval: DetokenizerEvalConfig = field(default_factory=DetokenizerEvalConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, warmup_steps=3000))
-    # [P A.1]: 50K steps at 384² + 10K at high resolution; per GPU: 64 A100 (compute.num_nodes=8) × 2 = the paper's 128
+    # [P A.1]: 50K steps at 384² + 10K at high resolution; global batch 128 (64 A100 × 2 per GPU)
     train: TrainLoopConfig = field(
-        default_factory=lambda: TrainLoopConfig(max_steps=60_000, batch_size=2, val_batches=8, precision="bf16-mixed")
+        default_factory=lambda: TrainLoopConfig(
+            max_steps=60_000, batch_size=2, global_batch=128, val_batches=8, precision="bf16-mixed"
+        )
     )
 
 

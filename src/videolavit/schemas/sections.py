@@ -33,7 +33,10 @@ class TrainLoopConfig:
     resume: str = "never"  # never | auto (continue from runs/<stage>/last.ckpt when it exists) | a path
     strategy: Optional[str] = None  # None: compute.strategy
     precision: Optional[str] = None  # None: compute.precision
-    accumulate_grad_batches: int = 1  # batches per optimizer step (global batch = batch_size × devices × nodes × this)
+    # Samples per optimizer step over all processes (the paper's); the launcher gives the process count and
+    # accumulation = global_batch / (batch_size × world size) (training/topology.py). None: accumulate_grad_batches
+    global_batch: Optional[int] = None
+    accumulate_grad_batches: Optional[int] = None  # batches per optimizer step; None: derived from global_batch, or 1
 
 
 @dataclass
@@ -71,8 +74,8 @@ class MotionTokenizerStageConfig:
     # architecture must equal motion_tokenizer.model's. None: a fresh initialisation
     init_from: Optional[str] = None
     optim: OptimConfig = field(default_factory=OptimConfig)
-    # per device: 64 GPUs × 8 = the paper's global 512
-    train: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(precision="bf16-mixed"))
+    # the paper's global 512 (64 GPUs × 8 per GPU)
+    train: TrainLoopConfig = field(default_factory=lambda: TrainLoopConfig(global_batch=512, precision="bf16-mixed"))
 
 
 register_section("motion_tokenizer", MotionTokenizerStageConfig)
@@ -214,10 +217,7 @@ class LMOptimConfig(OptimConfig):
 
 @dataclass
 class LMTrainLoopConfig(TrainLoopConfig):
-    """Training loop of an LM stage; ``devices`` / ``num_nodes`` override the compute section for this stage."""
-
-    devices: Optional[Any] = None
-    num_nodes: Optional[int] = None
+    """Training loop of an LM stage (processes and nodes come from the launcher: training/topology.py)."""
 
 
 @dataclass
@@ -242,10 +242,10 @@ class PretrainStageConfig:
     optim: LMOptimConfig = field(
         default_factory=lambda: LMOptimConfig(lr=2e-5, lr_other=5e-5, betas=[0.9, 0.95], weight_decay=0.1, warmup_steps=2000)
     )
-    # per GPU: 16 nodes × 8 GPUs × 4 × 4 accumulated = 2048 sequences [P T8]
+    # 2048 sequences per step [P T8] (16 nodes × 8 GPUs × 4 × 4 accumulated in the paper)
     train: LMTrainLoopConfig = field(
         default_factory=lambda: LMTrainLoopConfig(
-            max_steps=30_000, batch_size=4, accumulate_grad_batches=4, devices=8, num_nodes=16, strategy="fsdp",
+            max_steps=30_000, batch_size=4, global_batch=2048, strategy="fsdp",
             precision="bf16-mixed", checkpoint_every_n_steps=500,
         )
     )
@@ -278,10 +278,10 @@ class InstructStageConfig:
             lr=2e-5, lr_other=2e-5, betas=[0.9, 0.999], eps=1e-8, weight_decay=0.0, warmup_steps=180
         )
     )
-    # per GPU: 8 GPUs × 4 × 4 accumulated = 128
+    # global batch 128 (LLaVA v1.5; 8 GPUs × 4 × 4 accumulated)
     train: LMTrainLoopConfig = field(
         default_factory=lambda: LMTrainLoopConfig(
-            max_steps=5977, batch_size=4, accumulate_grad_batches=4, devices=8, num_nodes=1, strategy="fsdp",
+            max_steps=5977, batch_size=4, global_batch=128, strategy="fsdp",
             precision="bf16-mixed", checkpoint_every_n_steps=500,
         )
     )
@@ -339,10 +339,10 @@ class VisualTokenizerStageConfig:
     sample_images: int = 6  # images drawn in each validation figure (kept patches, reconstruction)
     model: VisualTokenizerModelConfig = field(default_factory=VisualTokenizerModelConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=2000))
-    # LaVIT: 50K steps, global batch 2048 (per GPU: 8 GPUs × 32 × 8 accumulated) on ~100M LAION images [K117]
+    # LaVIT: 50K steps, global batch 2048 (8 GPUs × 32 × 8 accumulated) on ~100M LAION images [K117]
     train: TrainLoopConfig = field(
         default_factory=lambda: TrainLoopConfig(
-            max_steps=50_000, batch_size=32, accumulate_grad_batches=8, precision="bf16-mixed"
+            max_steps=50_000, batch_size=32, global_batch=2048, precision="bf16-mixed"
         )
     )
 

@@ -41,6 +41,7 @@ from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.visual_tokenizer import VisualTokenizer
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.detokenizer import DetokenizerModule, FrozenTokenizers
+from videolavit.training.topology import micro_batch
 from videolavit.training.checkpoints import fit as fit_from
 from videolavit.training.trainer import make_trainer, resume_checkpoint
 
@@ -213,7 +214,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         stage_cfg.video.svd_dir,
     ).attach(tokenizers)
     fields = ("keyframe", "motion", "frames")
-    datamodule = ClipDataModule(cfg, fields=fields, batch_size=int(train_cfg.batch_size))
+    datamodule = ClipDataModule(cfg, fields=fields, batch_size=micro_batch(cfg, STAGE))
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=callbacks)
     ckpt_path = resume_checkpoint(cfg, STAGE, train_cfg.resume)
     started = time.perf_counter()

@@ -31,6 +31,7 @@ from videolavit.training.lm import (
     print_summary,
     run_summary,
 )
+from videolavit.training.topology import micro_batch
 
 STAGE = "instruct"
 
@@ -57,8 +58,8 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
 
     seed_everything(int(cfg.seed))
     model, tokenizer, vocab = load_start(cfg)
-    train_cfg, eval_cfg = cfg.instruct.train, cfg.instruct.eval
-    datamodule = InstructDataModule(cfg, tokenizer, int(train_cfg.batch_size))
+    eval_cfg = cfg.instruct.eval
+    datamodule = InstructDataModule(cfg, tokenizer, micro_batch(cfg, STAGE))
     trainer, module, throughput = fit_lm(cfg, STAGE, model, vocab, datamodule, callbacks)
 
     out_dir = artifact_dir(cfg, "lm_instruct")

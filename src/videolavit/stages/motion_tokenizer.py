@@ -19,6 +19,7 @@ from videolavit.models.motion_tokenizer import load_weights_from
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.callbacks import SampleThroughput
 from videolavit.training.motion_tokenizer import MotionTokenizerModule, evaluate
+from videolavit.training.topology import micro_batch
 from videolavit.training.checkpoints import fit as fit_from
 from videolavit.training.trainer import make_trainer, resume_checkpoint
 
@@ -41,7 +42,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     stage_cfg = cfg.motion_tokenizer
     model_kwargs = _check_config(cfg)
     train_cfg = stage_cfg.train
-    datamodule = ClipDataModule(cfg, fields=("motion",), batch_size=int(train_cfg.batch_size))
+    datamodule = ClipDataModule(cfg, fields=("motion",), batch_size=micro_batch(cfg, STAGE))
     for split in ("train", "val"):
         datamodule.shard_paths(split)  # fail before building anything when decompose has not run
     runs_dir = Path(cfg.paths.runs) / STAGE

@@ -5,7 +5,8 @@ sequences, next-token loss over every token (paper §3.3, Eq. 5, Table 8).
 loadable alone with ``models.lm_checkpoint.load_lm_checkpoint``) and ``metrics/pretrain.json`` (``val/loss`` and its
 text / visual / motion parts, token-weighted over the val split). ``pretrain.train.resume=auto`` continues a run.
 Scale-out: ``compute.strategy`` (or ``pretrain.train.strategy``) ``ddp`` or ``fsdp`` (the wrap unit is the model's
-decoder block, e.g. LlamaDecoderLayer), ``devices`` / ``num_nodes`` / ``precision`` from config; see README.
+decoder block, e.g. LlamaDecoderLayer); processes and nodes from the launcher, accumulation from
+``pretrain.train.global_batch`` (training/topology.py); see README.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.lm import (
     build_stage_lm, evaluate_loss, fit_lm, full_state_dict, load_stage_tokenizer, print_summary, run_summary,
 )
+from videolavit.training.topology import micro_batch
 
 STAGE = "pretrain"
 
@@ -34,8 +36,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     vocab = vocab_from_meta(meta)
     tokenizer = load_stage_tokenizer(cfg, vocab)
     model = build_stage_lm(cfg, vocab)
-    train_cfg = cfg.pretrain.train
-    datamodule = PretrainDataModule(cfg, tokenizer, int(train_cfg.batch_size))
+    datamodule = PretrainDataModule(cfg, tokenizer, micro_batch(cfg, STAGE))
     trainer, module, throughput = fit_lm(cfg, STAGE, model, vocab, datamodule, callbacks)
 
     out_dir = artifact_dir(cfg, "lm_pretrain")

@@ -183,12 +183,8 @@ def build_strategy(cfg: DictConfig, train_cfg: Any, model) -> Any:
 
 
 def trainer_overrides(cfg: DictConfig, train_cfg: Any, model) -> dict:
-    out: dict[str, Any] = {"strategy": build_strategy(cfg, train_cfg, model)}
-    if train_cfg.devices is not None:
-        out["devices"] = train_cfg.devices
-    if train_cfg.num_nodes is not None:
-        out["num_nodes"] = int(train_cfg.num_nodes)
-    return out
+    """The LM's strategy; devices, nodes and accumulation come from the launcher (make_trainer, training/topology.py)."""
+    return {"strategy": build_strategy(cfg, train_cfg, model)}
 
 
 def resume_path(cfg: DictConfig, stage: str, resume: str) -> Optional[str]:

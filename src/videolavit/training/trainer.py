@@ -35,6 +35,33 @@ def resume_checkpoint(cfg: DictConfig, stage: str, resume: str) -> Optional[str]
     return str(resume)
 
 
+def trainer_topology(cfg: DictConfig, stage: str, train_cfg: Any) -> dict:
+    """``devices``, ``num_nodes``, ``accumulate_grad_batches`` and ``val_check_interval`` from the launcher's topology
+    and the stage's global batch (training/topology.py)."""
+    from videolavit.training.topology import detect, plan_batches
+
+    plan = plan_batches(train_cfg, detect(cfg.compute), f"{stage}.train")
+    return dict(
+        devices=plan.topology.devices_setting,
+        num_nodes=plan.topology.num_nodes,
+        accumulate_grad_batches=plan.accumulate_grad_batches,
+        # Lightning counts val_check_interval in batches; the config counts optimizer steps.
+        val_check_interval=int(train_cfg.val_every_n_steps) * plan.accumulate_grad_batches,
+    )
+
+
+def progress_callbacks(stage: str, enable_progress_bar: Optional[bool] = None) -> list:
+    """A step-counted bar on a terminal, periodic log lines otherwise (pipes, ``dvc repro | cat``, SLURM);
+    ``enable_progress_bar=False``: neither."""
+    from videolavit.training.callbacks import PipeProgress, step_progress_bar
+
+    if enable_progress_bar is False:
+        return []
+    if enable_progress_bar or (os.environ.get("CI") is None and os.isatty(2)):
+        return [step_progress_bar(stage)]
+    return [PipeProgress(stage)]
+
+
 def make_trainer(
     cfg: DictConfig,
     stage: str,
@@ -46,6 +73,7 @@ def make_trainer(
     """A Lightning Trainer wired to the active MLflow run and to ``runs/<stage>/checkpoints`` (``last.ckpt``)."""
     import lightning as L
 
+    from videolavit.training.callbacks import PipeProgress
     from videolavit.training.checkpoints import make_checkpoint_callback
 
     ckpt = make_checkpoint_callback(cfg, stage, checkpoint_dir(cfg, stage), int(train_cfg.checkpoint_every_n_steps))
@@ -55,24 +83,20 @@ def make_trainer(
         from lightning.pytorch.loggers import MLFlowLogger
 
         loggers.append(MLFlowLogger(tracking_uri=run.uri, run_id=run.run_id, experiment_name=cfg.tracking.experiment))
-    if enable_progress_bar is None:
-        enable_progress_bar = os.environ.get("CI") is None and os.isatty(2)
+    progress = progress_callbacks(stage, enable_progress_bar)
+    enable_progress_bar = bool(progress) and not isinstance(progress[0], PipeProgress)
     kwargs = dict(
+        **trainer_topology(cfg, stage, train_cfg),
         accelerator=cfg.compute.accelerator,
-        devices=cfg.compute.devices,
-        num_nodes=cfg.compute.num_nodes,
         strategy=train_cfg.strategy or cfg.compute.strategy,
         precision=train_cfg.precision or cfg.compute.precision,
         max_steps=int(train_cfg.max_steps),
-        accumulate_grad_batches=int(getattr(train_cfg, "accumulate_grad_batches", 1) or 1),
         max_epochs=-1,
-        # Lightning counts val_check_interval in batches; the config counts optimizer steps.
-        val_check_interval=int(train_cfg.val_every_n_steps) * int(getattr(train_cfg, "accumulate_grad_batches", 1) or 1),
         check_val_every_n_epoch=None,
         limit_val_batches=train_cfg.val_batches if train_cfg.val_batches is not None else 1.0,
         log_every_n_steps=int(train_cfg.log_every_n_steps),
         gradient_clip_val=float(getattr(getattr(cfg, stage).optim, "grad_clip", 0.0) or 0.0) or None,
-        callbacks=[ckpt, *(callbacks or [])],
+        callbacks=[ckpt, *progress, *(callbacks or [])],
         logger=loggers or False,
         enable_progress_bar=enable_progress_bar,
         enable_model_summary=False,
