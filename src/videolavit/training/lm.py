@@ -31,6 +31,8 @@ class LanguageModelModule(L.LightningModule):
     def __init__(self, model, vocab: Vocab, optim: dict, max_steps: int):
         super().__init__()
         self.model, self.vocab = model, vocab
+        # Recorded before any strategy wraps the model: under FSDP every parameter becomes a 1-D shard.
+        self.param_roles = lm_param_roles(model)
         self.optim, self.max_steps = dict(optim), int(max_steps)
         self.last_train_loss = float("nan")
         self._val: dict[str, list[float]] = {}
@@ -73,7 +75,7 @@ class LanguageModelModule(L.LightningModule):
         return self.trainer.strategy.reduce(tensor, reduce_op="sum").tolist()
 
     def configure_optimizers(self):
-        return lm_optimizer(self.model, self.optim, self.max_steps)
+        return lm_optimizer(self.model, self.optim, self.max_steps, self.param_roles)
 
 
 def token_weighted(sums: dict[str, list[float]], reduce=lambda v: v) -> dict[str, float]:
@@ -88,16 +90,43 @@ def token_weighted(sums: dict[str, list[float]], reduce=lambda v: v) -> dict[str
     return out
 
 
-def lm_optimizer(model, optim: dict, max_steps: int) -> dict:
-    """AdamW: blocks at ``lr``; embedding + output head (the new multimodal rows) at ``lr_other``; no decay on 1-D."""
-    lr = float(optim["lr"])
-    lr_other = float(optim.get("lr_other") or lr)
+# What wrappers insert into parameter names (FSDP1 use_orig_params, activation checkpointing, torch.compile).
+WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def clean_name(name: str) -> str:
+    for part in WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def lm_param_roles(model) -> dict[str, tuple[bool, bool]]:
+    """Parameter name → (embedding or output head, decays) from the unwrapped model's shapes: matrices decay, 1-D
+    (norms, biases) do not. Call it before wrapping; :func:`lm_optimizer` looks the wrapped names up here."""
     io_params = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
                  for p in m.parameters()}
+    return {clean_name(name): (id(p) in io_params, p.ndim >= 2) for name, p in model.named_parameters()}
+
+
+def lm_groups(model, roles: dict[str, tuple[bool, bool]]) -> dict[tuple[bool, bool], list]:
+    """Trainable parameters of ``model`` (wrapped or not) by (io, decay), looked up by name in ``roles``."""
     groups: dict[tuple[bool, bool], list] = {(io, decay): [] for io in (False, True) for decay in (False, True)}
-    for p in model.parameters():
-        if p.requires_grad:
-            groups[(id(p) in io_params, p.ndim >= 2)].append(p)
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        key = clean_name(name)
+        if key not in roles:
+            raise RuntimeError(f"LM parameter {name!r} was not recorded before wrapping (known: {len(roles)} names)")
+        groups[roles[key]].append(p)
+    return groups
+
+
+def lm_optimizer(model, optim: dict, max_steps: int, roles: Optional[dict] = None) -> dict:
+    """AdamW: blocks at ``lr``; embedding + output head (the new multimodal rows) at ``lr_other``; no decay on 1-D
+    parameters, judged from ``roles`` (:func:`lm_param_roles` of the unwrapped model; default: ``model`` as it is)."""
+    lr = float(optim["lr"])
+    lr_other = float(optim.get("lr_other") or lr)
+    groups = lm_groups(model, roles if roles is not None else lm_param_roles(model))
     param_groups = [
         {"params": params, "lr": lr_other if io else lr, "weight_decay": float(optim["weight_decay"]) if decay else 0.0}
         for (io, decay), params in groups.items() if params
