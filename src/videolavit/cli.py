@@ -82,6 +82,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*getattr(args, "overrides", []), *extra]
+    from videolavit.runner import quiet_third_party
+
+    quiet_third_party()
     try:
         return _dispatch(args)
     except StageInterrupted as exc:  # preemption: not a success (0) nor a bad input (2), the signal's 128 + signum
@@ -101,7 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if getattr(args, "shard", None):
             overrides.append(f"decompose.shard={args.shard}")
         metrics = run_stage(args.command, overrides, profile=args.profile)
-        print(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) or v is None}, indent=2))
+        print(stage_summary(args.command, metrics))
         return 0
     if args.command == "config":
         from omegaconf import OmegaConf
@@ -135,6 +138,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "import-official":
         return _import_official(args)
     raise VideolavitError(f"unknown command {args.command}")
+
+
+def stage_summary(stage: str, metrics: dict) -> str:
+    """One line after a stage (the numbers are in ``metrics/<stage>.json`` and MLflow, not dumped on stdout)."""
+    numeric = sum(1 for v in metrics.values() if isinstance(v, (int, float)) and not isinstance(v, bool))
+    return f"{stage}: done, {numeric} metrics in metrics/{stage}.json (`dvc metrics show`, MLflow run of {stage})"
 
 
 def _import_official(args: argparse.Namespace) -> int:

@@ -22,6 +22,36 @@ from omegaconf import DictConfig
 from videolavit import tracking
 
 
+# Third-party messages that say nothing about this run (each measured in `dvc repro 2>&1 | cat` of the tiny profile):
+# Lightning's hardware/tips banner, deprecations inside libraries, and library progress bars when not on a terminal.
+NOISY_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\).*",  # lightning's _pytree on torch >= 2.10
+    r"You have overridden `on_after_batch_transfer`.*",  # the detokenizer moves batches itself, on purpose
+    r".*`past_key_values` is deprecated.*",  # transformers 5 renamed it `cache`; 4.x (supported) knows only this name
+    r".*does not have many workers.*",  # workers are a config choice (data.num_workers), 0 on the tiny profile
+    r".*The number of training batches .* is smaller than the logging interval.*",
+)
+
+
+def quiet_third_party(terminal: bool | None = None) -> None:
+    """Filter the known noisy third-party warnings and INFO loggers at their source; off a terminal, also the
+    Hugging Face progress bars (``Loading weights``, ``Writing model shards``), which a log file gets as one long line."""
+    import logging
+    import warnings
+
+    for pattern in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in ("lightning.pytorch", "lightning.fabric", "mlflow.store.db.utils", "mlflow.tracking.fluent", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # transformers' warning_once twin of the deprecation above (printed via its own logger)
+    logging.getLogger("transformers.utils.generic").addFilter(lambda r: "past_key_values" not in r.getMessage())
+    if terminal is None:
+        terminal = sys.stderr.isatty()
+    if not terminal:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 def write_metrics(cfg: DictConfig, stage: str, metrics: dict[str, float]) -> Path:
     """``metrics/<stage>.json`` (for ``dvc metrics show``): keys as given, non-finite values as null."""
     path = Path(cfg.paths.metrics) / f"{stage}.json"
