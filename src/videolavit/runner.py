@@ -41,7 +41,10 @@ def quiet_third_party(terminal: bool | None = None) -> None:
 
     for pattern in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    for name in ("lightning.pytorch", "lightning.fabric", "mlflow.store.db.utils", "mlflow.tracking.fluent", "alembic"):
+    # The loggers rank_zero_info writes to (GPU/TPU banner, tips, "limit_val_batches was configured"): the children,
+    # since importing lightning resets its top logger to INFO.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "mlflow.store.db.utils", "mlflow.tracking.fluent", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # transformers' warning_once twin of the deprecation above (printed via its own logger)
     logging.getLogger("transformers.utils.generic").addFilter(lambda r: "past_key_values" not in r.getMessage())
