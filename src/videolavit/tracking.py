@@ -33,27 +33,80 @@ def git_sha() -> str:
         sha = out.stdout.strip()
         if out.returncode != 0 or not sha:
             return "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        # DVC rewrites dvc.lock (and the stages their metrics) between the stages of one `dvc repro`: not a code change.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *NOT_DIRTY],
+                               capture_output=True, text=True)
         return sha + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
 
-def dvc_lock_hash(stage: str, lock_path: str = "dvc.lock") -> Optional[str]:
-    """A short hash of this stage's entry in dvc.lock (what DVC last recorded for its deps and outs)."""
-    path = Path(lock_path)
+NOT_DIRTY = (":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)params.yaml")
+HASH_WHOLE_FILES_UP_TO = 64 << 20  # bigger dependency files are identified by size and mtime (a data shard)
+
+
+def dvc_lock_hash(stage: str, dvc_yaml: str = "dvc.yaml") -> Optional[str]:
+    """A short hash of the stage's command, dependencies and params as they are now (what DVC will record in dvc.lock
+    after this run; dvc.lock itself still holds the previous run's)."""
+    path = Path(dvc_yaml)
     if not path.is_file():
         return None
     try:
         import yaml
 
-        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml's: ~10x faster on a long dvc.lock
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
         entry = (yaml.load(path.read_text(), Loader=loader) or {}).get("stages", {}).get(stage)
+        if entry is None:
+            return None
+        h = hashlib.sha256(repr((entry.get("cmd"), entry.get("params"))).encode())
+        for dep in sorted(str(d) for d in entry.get("deps") or []):
+            h.update(dep.encode())
+            _hash_path(path.parent / dep, h)
+        params = path.parent / "params.yaml"
+        if entry.get("params") and params.is_file():
+            h.update(params.read_bytes())
     except Exception:
         return None
-    if entry is None:
-        return None
-    return hashlib.sha256(repr(entry).encode()).hexdigest()[:16]
+    return h.hexdigest()[:16]
+
+
+def _hash_path(path: Path, h: Any) -> None:
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.is_file() else []
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.relative_to(path) if path.is_dir() else ''}:{st.st_size}".encode())
+        if st.st_size <= HASH_WHOLE_FILES_UP_TO:
+            h.update(hashlib.md5(f.read_bytes()).digest())
+        else:
+            h.update(str(st.st_mtime_ns).encode())
+
+
+def dvc_experiment() -> Optional[str]:
+    """The DVC experiment this process runs in (``dvc exp run`` sets DVC_EXP_NAME for its stages), else None."""
+    return os.environ.get("DVC_EXP_NAME") or None
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a "custom_model_development" experiment on runs
+
+
+def mark_training_experiment(client: Any, experiment_id: str) -> None:
+    """Tag the experiment as model training (unless someone set a kind), so MLflow 3 does not open on GenAI traces."""
+    try:
+        tags = client.get_experiment(experiment_id).tags or {}
+        if EXPERIMENT_KIND_TAG not in tags:
+            client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, "custom_model_development")
+    except Exception:  # a read-only or older server: the kind is cosmetic
+        pass
+
+
+def run_identity(stage: str, profile: str, run_name: Optional[str]) -> tuple[str, dict[str, str]]:
+    """The run's name and tags naming the DVC experiment: ``<stage>-<profile>`` or ``<stage>-<profile>@<exp>``."""
+    exp = dvc_experiment()
+    tags = {"dvc.experiment": exp} if exp else {}
+    if os.environ.get("DVC_EXP_BASELINE_REV"):
+        tags["dvc.baseline_rev"] = os.environ["DVC_EXP_BASELINE_REV"]
+    name = run_name or f"{stage}-{profile}" + (f"@{exp}" if exp else "")
+    return name, tags
 
 
 class Run:
@@ -149,6 +202,7 @@ def start_run(cfg: Any, stage: str, tags: Optional[Mapping[str, Any]] = None, ne
 
     uri = tracking_uri(cfg)
     client, experiment_id = open_store(uri, cfg.tracking.experiment)
+    mark_training_experiment(client, experiment_id)
     mark_dead_runs_killed(client, experiment_id, stage)
     sha = git_sha()
     all_tags = {
@@ -166,8 +220,9 @@ def start_run(cfg: Any, stage: str, tags: Optional[Mapping[str, Any]] = None, ne
         all_tags["dvc_lock_hash"] = lock
     if nested and _ACTIVE is not None and _ACTIVE.enabled:
         all_tags["mlflow.parentRunId"] = _ACTIVE.run_id
+    run_name, exp_tags = run_identity(stage, cfg.profile, cfg.tracking.run_name)
+    all_tags.update(exp_tags)
     all_tags.update(tags or {})
-    run_name = cfg.tracking.run_name or f"{stage}-{cfg.profile}"
     # The client API, not mlflow.start_run: the fluent call probes Databricks/IPython/git context (~0.3 s) and sets
     # tags one transaction each; here the run and its tags are one insert and the params ~4 batches.
     mlrun = client.create_run(experiment_id, run_name=run_name, tags={k: "" if v is None else str(v) for k, v in all_tags.items()})
