@@ -66,7 +66,7 @@ def test_three_trial_multi_objective_sweep_leaves_three_runs_and_a_pareto_image(
     assert best["pareto_front"] and set(best["pareto_front"][0]["values"]) == {"val/epe", "tokens_per_clip"}
 
     client = mlflow.MlflowClient(uri)
-    runs = client.search_runs([client.get_experiment_by_name("sweep-test").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("sweep-test").experiment_id], "tags.`optuna.trial` != ''")
     assert len(runs) == 3
     assert sorted(int(r.data.tags["optuna.trial"]) for r in runs) == [0, 1, 2]
     assert {r.data.tags["optuna.study"] for r in runs} == {"t"}
@@ -121,3 +121,42 @@ def test_single_objective_sweep_hands_the_pruning_callback_to_fit(tiny_cfg_facto
     assert summary["complete"] == 2 and summary["best"]["val/epe"] == 2.0
     assert [len(cbs) for cbs in seen] == [1, 1] and all(isinstance(cbs[0], PruningCallback) for cbs in seen)
     assert yaml.safe_load((out / "motion_tokenizer-single" / "trial_0000" / "metrics" / "motion_tokenizer.json").read_text())["val/epe"] == 2.0
+
+
+def test_sweep_has_a_parent_run_and_best_yaml_holds_overrides_a_stage_accepts(tiny_cfg_factory, tmp_path, monkeypatch):
+    import mlflow
+
+    from videolavit.cli import overrides_from_file
+    from videolavit.config import load_config
+    from videolavit.stages import motion_tokenizer
+
+    calls = []
+
+    def fake_fit(cfg, callbacks=None):
+        calls.append(1)
+        return {"val/epe": 3.0 - len(calls), "tokens_per_clip": 8.0}
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(motion_tokenizer, "fit", fake_fit)
+    cfg = tiny_cfg_factory("tracking.experiment=sweep-parent")
+    out = tmp_path / "sweeps"
+    run_sweep("motion_tokenizer", cfg, ["trials=2", f"storage=sqlite:///{tmp_path}/optuna.db", "study=p", f"out={out}"])
+
+    client = mlflow.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("sweep-parent").experiment_id])
+    parents = [r for r in runs if r.data.tags["videolavit.stage"] == "sweep"]
+    assert len(parents) == 1 and parents[0].info.run_name == "p"
+    trials = [r for r in runs if r is not parents[0] and "optuna.trial" in r.data.tags]
+    assert len(trials) == 2 and {r.data.tags["mlflow.parentRunId"] for r in trials} == {parents[0].info.run_id}
+    assert parents[0].data.metrics["val/epe"] == 1.0
+
+    best = yaml.safe_load((out / "p" / "best.yaml").read_text())
+    spec = load_sweep_spec("motion_tokenizer")
+    assert best["overrides"] and not set(best["overrides"]) & set(spec.get("fixed") or {})
+    overrides = overrides_from_file(str(out / "p" / "best.yaml"))
+    applied = load_config(stage="motion_tokenizer", overrides=overrides, params_file=None)  # every key is a config key
+    from omegaconf import OmegaConf
+
+    for key, value in best["overrides"].items():
+        assert OmegaConf.select(applied, key) == value or list(OmegaConf.select(applied, key)) == value

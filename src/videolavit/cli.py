@@ -32,6 +32,8 @@ def run_stage(stage: str, overrides: Sequence[str] = (), profile: Optional[str] 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. motion_tokenizer.train.max_steps=50")
     p.add_argument("--profile", default=None, help="tiny (default) or paper, or a path to a profile YAML")
+    p.add_argument("--overrides", dest="overrides_file", default=None, metavar="FILE",
+                   help="a YAML of key: value overrides applied before the command line's, e.g. a sweep's best.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,8 +100,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 130
 
 
+def overrides_from_file(path: str) -> list[str]:
+    """``key=value`` overrides from a YAML file: its ``overrides`` mapping (a sweep's best.yaml) or the whole mapping."""
+    from pathlib import Path
+
+    import yaml
+
+    from videolavit.errors import ConfigError
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"--overrides: cannot read '{path}': {exc}") from None
+    if isinstance(data, dict) and "overrides" in data:
+        data = data["overrides"]
+    if not isinstance(data, dict) or not data:
+        raise ConfigError(f"--overrides: '{path}' holds no mapping of config keys to values (nor an 'overrides' one)")
+    return [f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in data.items()]
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
+    if getattr(args, "overrides_file", None):
+        overrides = [*overrides_from_file(args.overrides_file), *overrides]
     if args.command in STAGES:
         if getattr(args, "shard", None):
             overrides.append(f"decompose.shard={args.shard}")

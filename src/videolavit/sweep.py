@@ -99,7 +99,7 @@ def run_sweep(stage: str, base_cfg: DictConfig, options: Sequence[str] = ()) -> 
         cfg = _trial_config(base_cfg, base_overrides + _overrides(values), trial_dir, study_name, trial.number)
         callbacks = [] if multi or pruner is None else [PruningCallback(trial, objectives[0])]
         tags = {"optuna.study": study_name, "optuna.trial": trial.number, "optuna.mode": opts["mode"]}
-        with tracking.start_run(cfg, stage, tags=tags) as run:
+        with tracking.start_run(cfg, stage, tags=tags, nested=True) as run:  # a child of the study's run
             run.log_params({f"trial.{k}": v for k, v in values.items()})
             metrics = run_stage(cfg, stage, lambda: stage_module.fit(cfg, callbacks=callbacks))
         results = []
@@ -109,8 +109,23 @@ def run_sweep(stage: str, base_cfg: DictConfig, options: Sequence[str] = ()) -> 
             results.append(float(metrics[name]))
         return results if multi else results[0]
 
-    study.optimize(objective, n_trials=int(opts["trials"]), catch=(RuntimeError,))
-    return _summarize(study, spec, objectives, multi, out)
+    parent_cfg = apply_overrides(base_cfg, [f"tracking.run_name={study_name}"], "sweep")
+    parent_tags = {"optuna.study": study_name, "optuna.mode": opts["mode"], "videolavit.sweep_of": stage}
+    with tracking.start_run(parent_cfg, "sweep", tags=parent_tags) as parent:  # one parent run, trials nested
+        study.optimize(objective, n_trials=int(opts["trials"]), catch=(RuntimeError,))
+        summary = _summarize(study, spec, objectives, multi, out)
+        best = summary.get("best") or {}
+        parent.log_metrics({k: v for k, v in best.items() if k in objectives})
+        parent.log_artifact(out / "best.yaml", "sweep")
+    return summary
+
+
+def best_overrides(spec: dict, params: dict) -> dict[str, Any]:
+    """A trial's Optuna params (grid names included) → the config overrides it ran with (the sweep's fixed budget
+    left out), as ``videolavit <stage> --overrides best.yaml`` applies them."""
+    import optuna
+
+    return _sample(optuna.trial.FixedTrial(params), spec["space"])
 
 
 def _trial_config(base_cfg: DictConfig, overrides: list[str], trial_dir: Path, study: str, number: int) -> DictConfig:
@@ -141,6 +156,7 @@ def _summarize(study, spec: dict, objectives: list[str], multi: bool, out: Path)
     else:
         best = study.best_trial
         summary["best"] = {"trial": best.number, objectives[0]: best.value, "params": best.params}
+        summary["overrides"] = best_overrides(spec, best.params)
     best_path = out / "best.yaml"
     best_path.write_text(yaml.safe_dump(summary, sort_keys=False))
     summary["best_file"] = str(best_path)
