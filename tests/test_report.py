@@ -169,3 +169,39 @@ def test_metric_history_drops_the_closing_summary_logged_at_step_0(store):
     for step, value, ms in ((10, 0.9, 1_000), (20, 0.5, 2_000), (0, 0.5, 3_000)):  # the stage's summary comes last
         client.log_metric(run_id, "train/loss", value, timestamp=ms, step=step)
     assert metric_history(uri, run_id, "train/loss") == [(10, 0.9), (20, 0.5)]
+
+
+def test_one_row_per_dvc_experiment_keeps_the_baseline_under_one_protocol():
+    def run(i, **tags):
+        tags = {"videolavit.profile": "tiny", "videolavit.corpus": "synthetic", **tags}
+        return RunRecord(f"id{i}", f"r{i}", "evaluate", start_time=i, metrics={"qa/video_acc": i / 10}, tags=tags)
+
+    index = RunIndex([run(1), run(2), run(3, **{"dvc.experiment": "wide"}), run(4, **{"dvc.experiment": "narrow"}),
+                      run(5, **{"dvc.experiment": "wide"}), run(6, **{"videolavit.corpus": "webvid"}),
+                      run(7, **{"dvc.experiment": "narrow"}, **{"videolavit.corpus": "synthetic"})])
+    # the newest run (id7) fixes the protocol (tiny, synthetic): id6 (webvid) is another protocol
+    assert [(name, r.run_id) for name, r in index.per_experiment("evaluate")] == [
+        ("baseline", "id2"), ("narrow", "id7"), ("wide", "id5")]
+    from videolavit.report.tables import experiment_rows
+
+    assert [row[0] for row in experiment_rows(index, "evaluate")] == ["baseline", "narrow", "wide"]
+    assert [row[0] for row in experiment_rows(RunIndex([run(1)]), "evaluate")] == ["latest evaluate"]
+
+
+def test_a_validation_loss_rising_from_its_minimum_is_flagged():
+    from videolavit.report.figures import divergence, divergence_flags
+
+    rising = [(0, 3.0), (100, 2.53), (200, 2.8), (300, 3.15)]  # pretrain's tiny run: 2.53 -> 3.15
+    assert divergence(rising) == (100, 2.53, 300, 3.15)
+    assert divergence([(0, 3.0), (100, 2.53), (200, 2.6)]) is None  # +2.8%: noise, not divergence
+    run = RunRecord("id1", "pretrain-tiny", "pretrain", 1, {"val/loss": 3.15, "train/loss": 1.0}, {})
+    flags = divergence_flags(RunIndex([run]), ["pretrain"], history=lambda run_id, key: rising)
+    assert len(flags) == 1 and "`val/loss` rose 25%" in flags[0] and "step 100" in flags[0]
+
+
+def test_the_pareto_front_reads_trials_not_the_study_parent_run():
+    parent = RunRecord("p", "study", "sweep", 9, {"val/epe": 1.0}, {"optuna.study": "s", "optuna.mode": "multi"})
+    trials = [RunRecord(f"t{i}", f"t{i}", "motion_tokenizer", i, {}, {"optuna.study": "s", "optuna.mode": "multi",
+                                                                      "optuna.trial": str(i)}) for i in range(2)]
+    study, runs = RunIndex([parent, *trials]).latest_study("multi")
+    assert study == "s" and sorted(r.run_id for r in runs) == ["t0", "t1"]

@@ -88,3 +88,36 @@ def make_figures(
     if (path := sweep_pareto(index, out_dir)) is not None:
         written.append(path)
     return written
+
+
+def divergence(points: Sequence[tuple[int, float]], rise: float = 0.10) -> Optional[tuple[int, float, int, float]]:
+    """(min step, min value, last step, last value) when the last value of a loss-like curve is more than ``rise``
+    (a fraction) above its minimum; None otherwise (or when the minimum is not positive)."""
+    finite = [(s, v) for s, v in points if math.isfinite(v)]
+    if len(finite) < 3:
+        return None
+    best_step, best = min(finite, key=lambda p: p[1])
+    last_step, last = finite[-1]
+    if best > 0 and last > best * (1 + rise) and last_step > best_step:
+        return best_step, best, last_step, last
+    return None
+
+
+def divergence_flags(
+    index: RunIndex, stages: Sequence[str], rise: float = 0.10, history: Optional[History] = None
+) -> list[str]:
+    """One Markdown line per validation loss of the latest main run of each stage that rose more than ``rise`` from
+    its minimum (overfitting or a learning rate too high): drawn in the curves, flagged here."""
+    history = history or (lambda run_id, key: metric_history(index.uri, run_id, key))
+    flags = []
+    for stage in stages:
+        run = index.latest(stage)
+        if run is None:
+            continue
+        for key in sorted(k for k in run.metrics if k.startswith("val/") and "loss" in k):
+            hit = divergence(history(run.run_id, key), rise)
+            if hit:
+                s0, v0, s1, v1 = hit
+                flags.append(f"- **{stage}** `{key}` rose {100 * (v1 / v0 - 1):.0f}% from its minimum {v0:.4g} "
+                             f"(step {s0}) to {v1:.4g} (step {s1}) in {run.label}: it diverges (threshold {100 * rise:.0f}%)")
+    return flags

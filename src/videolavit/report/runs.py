@@ -16,6 +16,8 @@ from typing import Optional
 ABLATION_TAG = "videolavit.ablation"
 MOTION_TOKENS_METRIC = "tokens/motion_per_clip"
 STUDY_TAG = "optuna.study"
+TRIAL_TAG = "optuna.trial"
+BASELINE = "baseline"  # the runs of a plain `dvc repro` (no DVC_EXP_NAME)
 
 
 @dataclass
@@ -56,6 +58,11 @@ class RunRecord:
     def label(self) -> str:
         return f"{self.name} ({self.run_id[:8]})"
 
+    @property
+    def experiment(self) -> str:
+        """The DVC experiment the run belongs to (tag ``dvc.experiment``), ``baseline`` for a plain ``dvc repro``."""
+        return self.tags.get("dvc.experiment") or BASELINE
+
 
 class RunIndex:
     """FINISHED runs of one experiment, newest first, with the look-ups the report tables need."""
@@ -70,6 +77,21 @@ class RunIndex:
                 return run
         return None
 
+    def per_experiment(self, stage: str, limit: int = 8) -> list[tuple[str, RunRecord]]:
+        """The latest main run of ``stage`` per DVC experiment under the latest run's protocol (profile and corpus),
+        the baseline first, then experiments newest first: one table row each, so an experiment never hides the
+        baseline."""
+        latest = self.latest(stage)
+        if latest is None:
+            return []
+        chosen: dict[str, RunRecord] = {}
+        for run in self.runs:
+            same = run.profile == latest.profile and run.corpus == latest.corpus
+            if run.stage == stage and run.is_main and same and run.experiment not in chosen:
+                chosen[run.experiment] = run
+        rows = sorted(chosen.items(), key=lambda item: (item[0] != BASELINE, -item[1].start_time))
+        return rows[:limit]
+
     def by_motion_tokens(self, stage: str = "evaluate") -> list[tuple[int, RunRecord]]:
         """The latest run per distinct N (main and ablation runs alike), largest N first as in the paper's Table 7."""
         chosen: dict[int, RunRecord] = {}
@@ -83,8 +105,8 @@ class RunIndex:
         """The most recent Optuna study of ``mode`` and its finished trial runs."""
         for run in self.runs:
             if STUDY_TAG in run.tags and run.tags.get("optuna.mode", "multi") == mode:
-                study = run.tags[STUDY_TAG]
-                return study, [r for r in self.runs if r.tags.get(STUDY_TAG) == study]
+                study = run.tags[STUDY_TAG]  # trials only: the study's parent run carries the tag too
+                return study, [r for r in self.runs if r.tags.get(STUDY_TAG) == study and TRIAL_TAG in r.tags]
         return None, []
 
 
