@@ -77,6 +77,7 @@ class ComputeConfig:
     strategy: str = "auto"
     precision: str = "32-true"
     num_workers: int = 0
+    shuffle_buffer_bytes: int = 512 << 20  # decoded clip bytes a loader worker holds to shuffle
     threads: Optional[int] = None  # torch.set_num_threads; None leaves torch's default
 
 

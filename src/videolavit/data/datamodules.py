@@ -8,10 +8,8 @@ function of (seed, batch index), so a run resumed at step k sees exactly the bat
 
 from __future__ import annotations
 
-import io
 import random
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Sequence
 
@@ -19,13 +17,18 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
-from videolavit.data.images import read_image, resize_images
+from videolavit.data.image_index import ImageIndex, build_index, load_image_item
 from videolavit.data.resumable import ResumableDataModule, batches_served, global_worker
-from videolavit.data.shards import ARRAY_FIELDS, SPLITS, clip_shard_paths, iter_clip_records
+from videolavit.data.shards import ARRAY_FIELDS, SPLITS, clip_shard_urls, is_remote, iter_clip_records, iter_shard
 from videolavit.errors import MissingArtifactError
 
-IN_MEMORY_MAX_BYTES = 1 << 30  # splits whose shards total less than this are loaded into memory
-SHUFFLE_BUFFER = 1000
+IN_MEMORY_MAX_BYTES = 1 << 30  # splits whose decoded records total less than this are loaded into memory
+SHUFFLE_BUFFER_BYTES = 512 << 20  # compute.shuffle_buffer_bytes' default: decoded bytes a loader worker holds to mix
+
+
+def record_bytes(record: dict) -> int:
+    """Decoded size of a clip record's arrays (what it costs in a shuffle buffer or in memory)."""
+    return sum(v.nbytes for v in record.values() if isinstance(v, np.ndarray)) + 512  # + key, meta, dict
 
 
 def collate_clips(records: Sequence[dict]) -> dict[str, Any]:
@@ -89,9 +92,11 @@ class ShardStream(IterableDataset):
         start_batch: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        buffer_bytes: int = SHUFFLE_BUFFER_BYTES,
     ):
-        self.paths, self.fields, self.seed, self.infinite = [Path(p) for p in paths], tuple(fields), seed, infinite
+        self.paths, self.fields, self.seed, self.infinite = [str(p) for p in paths], tuple(fields), seed, infinite
         self.batch_size, self.start_batch, self.rank, self.world_size = batch_size, start_batch, rank, world_size
+        self.buffer_bytes = int(buffer_bytes)
 
     def _worker(self) -> tuple[int, int, int]:
         """(global worker index, global worker count, workers per rank).
@@ -113,11 +118,21 @@ class ShardStream(IterableDataset):
                     yield record
 
     def _shuffled(self, records: Iterator[dict], rng: random.Random) -> Iterator[dict]:
+        """A seeded shuffle buffer bounded in decoded bytes (``buffer_bytes``), not in records: 1000 records were
+        0.14 GB of motion but 13.6 GB with frames. A random record leaves once the buffer is full."""
         buffer: list[dict] = []
+        sizes: list[int] = []
+        held = 0
         for record in records:
             buffer.append(record)
-            if len(buffer) >= SHUFFLE_BUFFER:
-                yield buffer.pop(rng.randrange(len(buffer)))
+            sizes.append(record_bytes(record))
+            held += sizes[-1]
+            while held >= self.buffer_bytes and buffer:
+                i = rng.randrange(len(buffer))
+                buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                sizes[i], sizes[-1] = sizes[-1], sizes[i]
+                held -= sizes.pop()
+                yield buffer.pop()
         rng.shuffle(buffer)
         yield from buffer
 
@@ -138,6 +153,38 @@ class ShardStream(IterableDataset):
             epoch += 1
 
 
+def _clip_count(clips_dir: str, split: str, paths: Sequence[str]) -> Optional[int]:
+    """Clips of a split: decompose's ``stats.json`` count, else the ``.json`` members of local shards (headers only)."""
+    import json
+
+    if not str(clips_dir).startswith("pipe:"):
+        try:
+            from videolavit.data.shards import open_shard
+
+            with open_shard(f"{str(clips_dir).rstrip('/')}/stats.json") as f:
+                return int(json.load(f)["clips"][split])
+        except (OSError, KeyError, TypeError, ValueError):
+            pass
+    if is_remote(clips_dir):
+        return None
+    count = 0
+    for path in paths:
+        with tarfile.open(path, "r") as tar:
+            count += sum(1 for m in tar if m.isfile() and m.name.endswith(".json"))
+    return count
+
+
+def decoded_split_bytes(clips_dir: str, split: str, fields: Sequence[str], paths: Sequence[str]) -> Optional[int]:
+    """The memory a split's records take once decoded (clips × the first clip's decoded fields), None if unknown.
+
+    Shard bytes understate it: an H.264 clip is ~11x smaller on disk than its decoded frames."""
+    first = next(iter_shard(paths[0], fields), None) if paths else None
+    count = _clip_count(clips_dir, split, paths)
+    if first is None or count is None:
+        return None if count is None else 0
+    return count * record_bytes(first)
+
+
 class ClipDataModule(ResumableDataModule):
     """Batches of clip records from ``cfg.paths.clips``: ``{"key", <fields> as tensors, optional "meta"}``."""
 
@@ -150,17 +197,18 @@ class ClipDataModule(ResumableDataModule):
         in_memory: Optional[bool] = None,
     ):
         super().__init__(cfg)
-        self.clips_dir = Path(cfg.paths.clips)
+        self.clips_dir = str(cfg.paths.clips)  # a local folder, an fsspec URL or a pipe: template (data/shards.py)
         self.fields = tuple(fields)
+        self.buffer_bytes = int(getattr(cfg.compute, "shuffle_buffer_bytes", SHUFFLE_BUFFER_BYTES))
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.in_memory = in_memory
         self._memory: dict[str, list[dict]] = {}
 
-    def shard_paths(self, split: str) -> list[Path]:
+    def shard_paths(self, split: str) -> list[str]:
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        paths = clip_shard_paths(self.clips_dir, split)
+        paths = clip_shard_urls(self.clips_dir, split)
         if not paths:
             raise MissingArtifactError(
                 f"no '{split}' clip shards in '{self.clips_dir}' (expected {split}-*.tar). Run `videolavit decompose` first."
@@ -170,7 +218,8 @@ class ClipDataModule(ResumableDataModule):
     def _use_memory(self, split: str) -> bool:
         if self.in_memory is not None:
             return self.in_memory
-        return sum(p.stat().st_size for p in self.shard_paths(split)) <= IN_MEMORY_MAX_BYTES
+        estimate = decoded_split_bytes(self.clips_dir, split, self.fields, self.shard_paths(split))
+        return estimate is not None and estimate <= IN_MEMORY_MAX_BYTES
 
     def records(self, split: str) -> list[dict]:
         """All records of a split, loaded once and kept (in-memory mode)."""
@@ -191,7 +240,7 @@ class ClipDataModule(ResumableDataModule):
             workers = 0  # already decoded; worker processes would only copy it
         else:
             paths = self.shard_paths("train")
-            dataset = ShardStream(paths, self.fields, self.seed, True, self.batch_size, start, rank, world)
+            dataset = ShardStream(paths, self.fields, self.seed, True, self.batch_size, start, rank, world, self.buffer_bytes)
             workers = self.num_workers
         return DataLoader(
             dataset, batch_size=self.batch_size, collate_fn=collate_clips, num_workers=workers,
@@ -222,51 +271,11 @@ class ClipDataModule(ResumableDataModule):
 # Keyframes and images: the visual tokenizer's data (resized by data/images.py, as the tokenize stage does)
 
 
-@dataclass(frozen=True)
-class ImageItem:
-    """One training image: a keyframe (a ``.keyframe.npy`` member at ``offset`` in the tar ``path``) or an image file."""
-
-    key: str
-    path: str
-    offset: int = -1  # ≥ 0: keyframe inside a tar; -1: an image file
-    size: int = 0
-
-
-def keyframe_items(tar_paths: Sequence[Path]) -> list[ImageItem]:
-    """Where every keyframe of the given clip shards is (headers only: nothing is decoded)."""
-    items = []
-    for path in tar_paths:
-        with tarfile.open(path, "r") as tar:
-            for member in tar:
-                if member.isfile() and member.name.endswith(".keyframe.npy"):
-                    items.append(ImageItem(member.name.partition(".")[0], str(path), member.offset_data, member.size))
-    return items
-
-
-def corpus_image_items(corpus_dir: str | Path, split: str) -> list[ImageItem]:
-    """The image samples of a corpus split (manifest order)."""
-    from videolavit.data.manifest import read_manifest
-
-    return [
-        ImageItem(s.id, str(s.media_path(corpus_dir))) for s in read_manifest(corpus_dir, split) if s.kind == "image"
-    ]
-
-
-def load_image_item(item: ImageItem, size: int) -> np.ndarray:
-    """uint8 RGB [size, size, 3]."""
-    if item.offset < 0:
-        return read_image(item.path, size)
-    with open(item.path, "rb") as f:
-        f.seek(item.offset)
-        data = f.read(item.size)
-    return resize_images(np.load(io.BytesIO(data), allow_pickle=False), size)
-
-
 class ImageItems(Dataset):
     """Keyframes and images as ``{"key", "image": uint8 [S, S, 3]}``; decoded once into memory when ``in_memory``."""
 
-    def __init__(self, items: Sequence[ImageItem], size: int, in_memory: bool):
-        self.items, self.size = list(items), int(size)
+    def __init__(self, items: ImageIndex, size: int, in_memory: bool):
+        self.items, self.size = items, int(size)
         self.cache = np.stack([load_image_item(i, self.size) for i in self.items]) if in_memory and self.items else None
 
     def __len__(self) -> int:
@@ -325,35 +334,46 @@ class ImageDataModule(ResumableDataModule):
 
         if not (keyframes or images):
             raise ConfigError("the visual tokenizer needs keyframes or images (both are switched off)")
-        self.clips_dir, self.corpus_dir = Path(cfg.paths.clips), Path(cfg.paths.corpus)
+        self.clips_dir, self.corpus_dir = str(cfg.paths.clips), Path(cfg.paths.corpus)
         self.image_size, self.batch_size = int(image_size), int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
         self.keyframes, self.images, self.in_memory = keyframes, images, in_memory
         self._datasets: dict[str, ImageItems] = {}
 
-    def items(self, split: str) -> list[ImageItem]:
+    def _share(self, split: str) -> tuple[int, int]:
+        """(share, shares) of the shards and manifest this rank indexes: its own 1/world for training when every rank
+        gets at least one shard; all of it for val/test (a DistributedSampler splits those)."""
+        rank, world = self._rank()
+        if split != "train" or world == 1:
+            return 0, 1
+        if self.keyframes and len(clip_shard_urls(self.clips_dir, split)) < world:
+            return 0, 1
+        return rank, world
+
+    def items(self, split: str, share: int = 0, shares: int = 1) -> ImageIndex:
+        """The index of share ``share`` of ``shares`` of a split (tar headers and manifest lines of that share only)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        items: list[ImageItem] = []
+        paths: list[str] = []
         if self.keyframes:
-            paths = clip_shard_paths(self.clips_dir, split)
+            paths = clip_shard_urls(self.clips_dir, split)
             if not paths:
                 raise MissingArtifactError(
                     f"no '{split}' clip shards in '{self.clips_dir}' (expected {split}-*.tar). Run `videolavit decompose` "
                     "first, or set visual_tokenizer.keyframes=false to train on images only."
                 )
-            items += keyframe_items(paths)
-        if self.images:
-            items += corpus_image_items(self.corpus_dir, split)
-        if not items:
+        index = build_index(paths[share::shares], self.corpus_dir if self.images else None, split, share, shares)
+        if not len(index) and shares > 1:  # this rank's share is empty (fewer images than ranks): take all
+            return self.items(split)
+        if not len(index):
             raise MissingArtifactError(
                 f"no '{split}' keyframes or images for the visual tokenizer (clips '{self.clips_dir}', corpus '{self.corpus_dir}')"
             )
-        return items
+        return index
 
     def dataset(self, split: str) -> ImageItems:
         if split not in self._datasets:
-            items = self.items(split)
+            items = self.items(split, *self._share(split))
             in_memory = self.in_memory
             if in_memory is None:
                 in_memory = len(items) * self.image_size**2 * 3 <= IN_MEMORY_MAX_BYTES
@@ -364,7 +384,11 @@ class ImageDataModule(ResumableDataModule):
         """The endless training stream from batch ``start_batch`` on (what a run resumed at that step sees)."""
         dataset = self.dataset("train")
         rank, world = self._rank()
-        stream = ImageTrainStream(dataset, self.seed, self.batch_size, start_batch, rank, world)
+        if self._share("train")[1] > 1:  # this rank's own index: a stream of its own (rank 0 keeps the seed)
+            rank, world, seed = 0, 1, self.seed + self._share("train")[0]
+        else:
+            seed = self.seed
+        stream = ImageTrainStream(dataset, seed, self.batch_size, start_batch, rank, world)
         workers = 0 if dataset.cache is not None else self.num_workers  # decoded already: workers would only copy
         return DataLoader(
             stream, batch_size=self.batch_size, collate_fn=collate_images, num_workers=workers, generator=self._generator()

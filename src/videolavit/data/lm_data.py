@@ -192,19 +192,43 @@ def _compact(record: dict, vocab: Vocab, video_input: str, bos, eos) -> dict:
     }
 
 
-def read_text_files(paths: Sequence[str], encode: Callable[[str], list[int]]) -> list[list[int]]:
-    """Documents of local text files: ``.jsonl`` ({"text": ...} per line) or plain text (blank-line separated)."""
-    docs = []
+def _paragraphs(path: Path, block: int = 1 << 20) -> Iterator[str]:
+    """The blank-line separated texts of a plain file, read a block at a time (as ``text.split("\\n\\n")`` would)."""
+    with open(path) as f:
+        rest = ""
+        while chunk := f.read(block):
+            *done, rest = (rest + chunk).split("\n\n")
+            yield from done
+        yield rest
+
+
+def iter_text_docs(paths: Sequence[str], encode: Callable[[str], list[int]], part: int = 0, parts: int = 1) -> Iterator[list[int]]:
+    """Documents ``part``, ``part + parts``, … of local text files, streamed: ``.jsonl`` ({"text": ...} per line) or plain
+    text (blank-line separated). Only this part's documents are parsed and tokenized (each LM loader worker reads its
+    share), so the parts together are exactly the documents of one whole pass."""
+    index = 0
     for p in paths:
         path = Path(p)
         if not path.is_file():
             raise MissingArtifactError(f"pretrain.text_files: '{p}' does not exist (a local .txt or .jsonl file)")
         if path.suffix == ".jsonl":
-            texts = [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+            with open(path) as f:
+                for line in (sub for physical in f for sub in physical.splitlines()):
+                    if line.strip():
+                        if index % parts == part:
+                            yield encode(json.loads(line)["text"])
+                        index += 1
         else:
-            texts = [t.strip() for t in path.read_text().split("\n\n") if t.strip()]
-        docs.extend(encode(t) for t in texts)
-    return docs
+            for text in _paragraphs(path):
+                if text.strip():
+                    if index % parts == part:
+                        yield encode(text.strip())
+                    index += 1
+
+
+def read_text_files(paths: Sequence[str], encode: Callable[[str], list[int]], part: int = 0, parts: int = 1) -> list[list[int]]:
+    """This part's documents of the text files (see :func:`iter_text_docs`), tokenized."""
+    return list(iter_text_docs(paths, encode, part, parts))
 
 
 # ---- pretraining --------------------------------------------------------------------------------------------------
@@ -357,8 +381,7 @@ class PretrainDataModule(LMDataModule):
 
     def samples(self, split: str, part: int = 0, parts: int = 1) -> PretrainSamples:
         records = self.records(split, part, parts)
-        docs = read_text_files(self.text_files, self._encode) if split == "train" and self.text_files else []
-        docs = docs[part::parts] if docs else docs
+        docs = read_text_files(self.text_files, self._encode, part, parts) if split == "train" and self.text_files else []
         qa = self._qa_sample if self.weights.get("qa", 0) > 0 else None
         return PretrainSamples(records, docs, self.vocab, self.seq_len, self.bos, self.eos, self.both_orders, qa)
 

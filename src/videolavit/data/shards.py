@@ -138,38 +138,86 @@ class ClipShardWriter:
 
 
 def clip_shard_paths(clips_dir: str | Path, split: str) -> list[Path]:
-    """The tar shards of ``split``, in a stable order."""
+    """The tar shards of ``split`` in a local folder, in a stable order."""
     return sorted(Path(clips_dir).glob(f"{split}-*.tar"))
 
 
+def is_remote(clips: str | Path) -> bool:
+    """``clips`` is an fsspec URL (``s3://…``, ``file://…``) or a ``pipe:`` command, not a local folder."""
+    return str(clips).startswith("pipe:") or "://" in str(clips)
+
+
+def clip_shard_urls(clips: str | Path, split: str) -> list[str]:
+    """The shards of ``split`` as WebDataset URLs, in a stable order. ``clips`` is a local folder, an fsspec URL of a
+    folder (listed with fsspec), or a ``pipe:`` command template with ``{split}`` and brace ranges, e.g.
+    ``pipe:cat /data/clips/{split}-0of1-{00000..00009}.tar`` (expanded, not listed)."""
+    text = str(clips)
+    if text.startswith("pipe:"):
+        from webdataset.shardlists import expand_urls
+
+        return expand_urls(text.replace("{split}", split))
+    if "://" in text:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(text)
+        return sorted(fs.unstrip_protocol(p) for p in fs.glob(f"{root.rstrip('/')}/{split}-*.tar"))
+    return [str(p) for p in clip_shard_paths(text, split)]
+
+
+def open_shard(url: str | Path):
+    """A binary stream of one shard: a local file, a ``pipe:`` command's stdout (WebDataset's gopen) or an fsspec URL."""
+    text = str(url)
+    if text.startswith("pipe:"):
+        from webdataset.gopen import gopen
+
+        return gopen(text, "rb")
+    if "://" in text:
+        import fsspec
+
+        return fsspec.open(text, "rb").open()
+    return open(text, "rb")
+
+
+def _field(name: str) -> tuple[str, str, str]:
+    """``<key>.<field>.<suffix>`` → (key, field, suffix); ``<key>.json`` is the field ``meta``."""
+    key, _, ext = name.partition(".")
+    field, _, suffix = ext.partition(".")
+    return key, ("meta" if field == "json" else field), suffix
+
+
 def iter_shard(path: str | Path, fields: Sequence[str] = ("keyframe", "motion", "meta")) -> Iterator[dict]:
-    """Clip records of one tar, streaming (only the requested fields are read and decoded: float32 motion, uint8
-    frames, whichever way they were stored)."""
+    """Clip records of one shard (path or URL, see :func:`open_shard`), streamed through WebDataset's tar iterator:
+    only the requested fields are read into memory and decoded (float32 motion, uint8 frames, however stored)."""
+    from webdataset.tariterators import tar_file_iterator
+
     want = set(fields)
+
+    def selected(name: str) -> bool:  # the small .json of every clip too, so each clip yields a record
+        _, field, _ = _field(name)
+        return field in want or field == "meta"
+
     current: dict = {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
+    stream = open_shard(path)
+    try:
+        for member in tar_file_iterator(stream, select_files=selected):
+            key, field, suffix = _field(member["fname"])
             if current and current["key"] != key:
                 yield current
                 current = {}
             if not current:
                 current = {"key": key}
-            field, _, suffix = ext.partition(".")
-            if field == "json":
-                field = "meta"
-            if field not in want:
-                continue
-            current[field] = decode_member(field, suffix, tar.extractfile(member).read())
+            if field in want:
+                current[field] = decode_member(field, suffix, member["data"])
+    finally:
+        stream.close()
     if current:
         yield current
 
 
 def iter_clip_records(
-    clips_dir: str | Path, split: str, fields: Sequence[str] = ("keyframe", "motion", "meta"), paths: Iterable[Path] | None = None
+    clips_dir: str | Path, split: str, fields: Sequence[str] = ("keyframe", "motion", "meta"),
+    paths: Iterable[str | Path] | None = None,
 ) -> Iterator[dict]:
-    """Every clip record of ``split`` (or of the given shard ``paths``), shard after shard."""
-    for path in paths if paths is not None else clip_shard_paths(clips_dir, split):
+    """Every clip record of ``split`` (or of the given shard ``paths``/URLs), shard after shard."""
+    for path in paths if paths is not None else clip_shard_urls(clips_dir, split):
         yield from iter_shard(path, fields)
