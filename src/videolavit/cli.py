@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--motion-grid", default="20x36", metavar="HxW", help="its pos_embed grid (official: 20x36)")
     p.set_defaults(overrides=[])
 
+    p = sub.add_parser("plan", help="dry run of a training stage: topology, batches, memory per GPU, missing keys")
+    p.add_argument("target", metavar="STAGE", help="motion_tokenizer, visual_tokenizer, detokenizer, pretrain, instruct or all")
+    p.add_argument("--json", action="store_true", help="one JSON object per training run")
+    p.add_argument("--gpu-mem-gb", type=float, default=80.0, help="GPU memory to check the plan against (default 80)")
+    _add_common(p)
+
     p = sub.add_parser("config", help="print the merged configuration")
     p.add_argument("--stage", default=None)
     _add_common(p)
@@ -160,6 +166,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "import-official":
         return _import_official(args)
+    if args.command == "plan":
+        return _plan(args, overrides)
     raise VideolavitError(f"unknown command {args.command}")
 
 
@@ -167,6 +175,25 @@ def stage_summary(stage: str, metrics: dict) -> str:
     """One line after a stage (the numbers are in ``metrics/<stage>.json`` and MLflow, not dumped on stdout)."""
     numeric = sum(1 for v in metrics.values() if isinstance(v, (int, float)) and not isinstance(v, bool))
     return f"{stage}: done, {numeric} metrics in metrics/{stage}.json (`dvc metrics show`, MLflow run of {stage})"
+
+
+def _plan(args: argparse.Namespace, overrides: list) -> int:
+    """``videolavit plan STAGE|all``: prints the plan of each training run; exits 0 even when keys are missing."""
+    from videolavit.config import load_config
+    from videolavit.errors import ConfigError
+    from videolavit.stages.detokenizer import keyframe_kwargs, video_kwargs
+    from videolavit.stages.visual_tokenizer import model_kwargs
+    from videolavit.training.plan import PLAN_STAGES, format_plan, plan_stage
+
+    stages = PLAN_STAGES if args.target == "all" else (args.target,)
+    if any(s not in PLAN_STAGES for s in stages):
+        raise ConfigError(f"plan: {args.target!r} is not a training stage ({', '.join(PLAN_STAGES)} or all)")
+    builders = {"visual_tokenizer": model_kwargs, "keyframe": keyframe_kwargs, "video": video_kwargs}
+    for stage in stages:
+        cfg = load_config(profile=args.profile, stage=stage, overrides=overrides)
+        for row in plan_stage(cfg, stage, args.gpu_mem_gb, model_kwargs=builders):
+            print(json.dumps(row) if args.json else format_plan(row), flush=True)
+    return 0
 
 
 def _import_official(args: argparse.Namespace) -> int:

@@ -123,6 +123,8 @@ class DetokenizerStageConfig:
     visual_tokenizer_path: Optional[str] = None  # None: <paths.models>/visual_tokenizer
     motion_tokenizer_path: Optional[str] = None  # None: <paths.models>/motion_tokenizer
     keyframe_lr: Optional[float] = None  # None: optim.lr
+    # true: no vae_dir / svd_dir is fine (pixel-space, random U-Nets); false: each missing one is an error
+    from_scratch: bool = False
     keyframe: KeyframeDetokenizerConfig = field(default_factory=KeyframeDetokenizerConfig)
     video: VideoDetokenizerConfig = field(default_factory=VideoDetokenizerConfig)
     eval: DetokenizerEvalConfig = field(default_factory=DetokenizerEvalConfig)

@@ -160,6 +160,7 @@ class LMModelConfig:
     """Where the LM comes from: a local checkpoint (Llama-2-7B, LaVIT-7B) or ``config``; rows for new ids per lm.py."""
 
     pretrained_path: Optional[str] = None
+    from_scratch: bool = False  # true: no pretrained_path is fine (a random LM from config); false: it is an error
     config: LMArchitectureConfig = field(default_factory=LMArchitectureConfig)
     # float32 | bfloat16 | float16; None: the checkpoint's / float32. Paper: fp32 master weights sharded by FSDP,
     # compute in bf16 (precision bf16-mixed)
@@ -337,6 +338,7 @@ class VisualTokenizerStageConfig:
     keyframes: bool = True  # train on the train clips' keyframes
     images: bool = True  # train on the corpus train images
     sample_images: int = 6  # images drawn in each validation figure (kept patches, reconstruction)
+    from_scratch: bool = False  # true: no model.teacher_path is fine (pixel targets); false: it is an error
     model: VisualTokenizerModelConfig = field(default_factory=VisualTokenizerModelConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=2000))
     # LaVIT: 50K steps, global batch 2048 (8 GPUs × 32 × 8 accumulated) on ~100M LAION images [K117]

@@ -41,6 +41,7 @@ from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.visual_tokenizer import VisualTokenizer
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.detokenizer import DetokenizerModule, FrozenTokenizers
+from videolavit.training.required import require_pretrained
 from videolavit.training.topology import micro_batch
 from videolavit.training.checkpoints import fit as fit_from
 from videolavit.training.trainer import make_trainer, resume_checkpoint
@@ -195,6 +196,7 @@ def _check_clips(cfg: DictConfig, records: list[dict], tokenizers: FrozenTokeniz
 
 def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     """Train (or resume) both detokenizers, save them, and return the held-out metrics."""
+    require_pretrained(cfg, STAGE)  # before any artifact is read: a missing pretrained part names its key
     seed_everything(int(cfg.seed))
     stage_cfg, train_cfg = cfg.detokenizer, cfg.detokenizer.train
     models = stage_models(cfg)

@@ -20,6 +20,7 @@ from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.lm import (
     build_stage_lm, evaluate_loss, fit_lm, full_state_dict, load_stage_tokenizer, print_summary, run_summary,
 )
+from videolavit.training.required import require_pretrained
 from videolavit.training.topology import micro_batch
 
 STAGE = "pretrain"
@@ -31,6 +32,7 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     from videolavit.data.tokens import read_token_meta, vocab_from_meta
     from videolavit.models.lm_checkpoint import save_lm_checkpoint
 
+    require_pretrained(cfg, STAGE)  # before any artifact is read: a missing pretrained part names its key
     seed_everything(int(cfg.seed))
     meta = read_token_meta(cfg.paths.tokens)
     vocab = vocab_from_meta(meta)

@@ -20,6 +20,7 @@ from videolavit.data.datamodules import ImageDataModule
 from videolavit.models.blocks import count_parameters
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.callbacks import SampleThroughput
+from videolavit.training.required import require_pretrained
 from videolavit.training.topology import micro_batch
 from videolavit.training.checkpoints import fit as fit_from
 from videolavit.training.trainer import make_trainer, resume_checkpoint
@@ -38,6 +39,7 @@ def model_kwargs(cfg: DictConfig) -> dict:
 
 def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     """Train (or resume), save the model, and return the final metrics. ``run`` wraps this in an MLflow run."""
+    require_pretrained(cfg, STAGE)  # before any artifact is read: a missing pretrained part names its key
     seed_everything(int(cfg.seed))
     stage_cfg, train_cfg = cfg.visual_tokenizer, cfg.visual_tokenizer.train
     kwargs = model_kwargs(cfg)
