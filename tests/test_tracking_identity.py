@@ -60,3 +60,30 @@ def test_runs_land_in_a_training_experiment_named_by_dvc_experiment(tiny_cfg_fac
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     r = client.search_runs([exp.experiment_id])[0]
     assert r.info.run_name == "corpus-tiny@wide-codebook" and r.data.tags["dvc.experiment"] == "wide-codebook"
+
+
+def test_a_copied_project_writes_its_artifacts_into_the_copy(tiny_cfg_factory, tmp_path, monkeypatch):
+    import shutil
+
+    import mlflow
+
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    original.mkdir()
+    monkeypatch.chdir(original)  # MLflow's default artifact root: ./mlruns, recorded as an absolute path
+    cfg = tiny_cfg_factory("tracking.experiment=unit", f"tracking.uri=sqlite:///{original}/mlflow.db")
+    with tracking.start_run(cfg, "corpus") as run:
+        (original / "a.txt").write_text("a")
+        run.log_artifact(original / "a.txt")
+    shutil.copytree(original, copy)
+    monkeypatch.chdir(copy)
+    cfg = tiny_cfg_factory("tracking.experiment=unit", f"tracking.uri=sqlite:///{copy}/mlflow.db")
+    with tracking.start_run(cfg, "corpus") as run:
+        (copy / "b.txt").write_text("b")
+        run.log_artifact(copy / "b.txt")
+        second = run.run_id
+    client = mlflow.MlflowClient(f"sqlite:///{copy}/mlflow.db")
+    assert client.get_run(second).info.artifact_uri.startswith(str(copy / "mlruns"))
+    assert not list((original / "mlruns").rglob("b.txt")) and list((copy / "mlruns").rglob("b.txt"))
+    first = [r for r in client.search_runs([run.experiment_id]) if r.info.run_id != second][0]
+    assert [a.path for a in client.list_artifacts(first.info.run_id)] == ["a.txt"]  # the copied run reads the copy
+    assert first.info.artifact_uri.startswith(str(copy / "mlruns"))

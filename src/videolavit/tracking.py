@@ -99,6 +99,43 @@ def mark_training_experiment(client: Any, experiment_id: str) -> None:
         pass
 
 
+def relocate_artifact_roots(uri: str) -> int:
+    """Point a SQLite store's local artifact folders at ``<the store's folder>/mlruns`` when the project was moved or
+    copied: MLflow records absolute paths (``/old/project/mlruns/<exp>``), so a copy would read and write the original
+    folder's artifacts. Only locations of MLflow's default layout (``.../mlruns/<experiment id>``) whose folder came
+    along (``<store folder>/mlruns/<id>`` exists) are rewritten, for the experiment and its runs; returns how many."""
+    import sqlite3
+
+    db = _sqlite_path(uri)
+    if db is None or not db.is_file():
+        return 0
+    root = db.resolve().parent / "mlruns"
+    from filelock import FileLock
+
+    with FileLock(str(db) + ".lock", timeout=600), contextlib.closing(sqlite3.connect(str(db), timeout=60)) as con:
+        try:
+            rows = con.execute("SELECT experiment_id, artifact_location FROM experiments").fetchall()
+        except sqlite3.DatabaseError:  # not an MLflow store (yet): nothing to relocate
+            return 0
+        moved = 0
+        for exp_id, location in rows:
+            path = str(location or "")
+            path = path[len("file://") :] if path.startswith("file://") else path
+            old = Path(path)
+            if not old.is_absolute() or old.name != str(exp_id) or old.parent.name != "mlruns" or old.parent == root:
+                continue
+            if not (root / str(exp_id)).is_dir():  # artifacts kept elsewhere on purpose (not moved with the store)
+                continue
+            new = str(root / str(exp_id))
+            with con:
+                con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?", (new, exp_id))
+                con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) WHERE experiment_id = ? "
+                            "AND substr(artifact_uri, 1, ?) = ?",
+                            (new, len(str(location)) + 1, exp_id, len(str(location)), str(location)))
+            moved += 1
+        return moved
+
+
 def run_identity(stage: str, profile: str, run_name: Optional[str]) -> tuple[str, dict[str, str]]:
     """The run's name and tags naming the DVC experiment: ``<stage>-<profile>`` or ``<stage>-<profile>@<exp>``."""
     exp = dvc_experiment()
@@ -201,6 +238,7 @@ def start_run(cfg: Any, stage: str, tags: Optional[Mapping[str, Any]] = None, ne
     from mlflow.entities import Param, RunStatus
 
     uri = tracking_uri(cfg)
+    relocate_artifact_roots(uri)  # before the store is used: a copied project's artifacts stay in the copy
     client, experiment_id = open_store(uri, cfg.tracking.experiment)
     mark_training_experiment(client, experiment_id)
     mark_dead_runs_killed(client, experiment_id, stage)
