@@ -403,16 +403,12 @@ def test_a_sigkilled_run_is_marked_killed_when_the_stage_next_starts(tmp_path):
     import mlflow
 
     env = _env(tmp_path)
-    script = NOOP.replace('lambda cfg: {"x": 1.0}', '(lambda cfg: __import__("time").sleep(600))')
-    victim = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "a")], env=env)
+    # the victim says when its run is open: opening the store here before then would race its creation
+    script = NOOP.replace('lambda cfg: {"x": 1.0}', '(lambda cfg: (print("in run", flush=True), __import__("time").sleep(600)))')
+    victim = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "a")], env=env, stdout=subprocess.PIPE, text=True)
+    assert victim.stdout.readline().strip() == "in run"
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    deadline = time.monotonic() + 120
-    while True:
-        found = client.get_experiment_by_name("concurrent") if (tmp_path / "fresh" / "mlflow.db").exists() else None
-        if found and client.search_runs([found.experiment_id]):
-            break
-        assert time.monotonic() < deadline and victim.poll() is None
-        time.sleep(0.5)
+    found = client.get_experiment_by_name("concurrent")
     victim.kill()
     victim.wait()
     assert client.search_runs([found.experiment_id])[0].info.status == "RUNNING"
