@@ -44,6 +44,8 @@ def test_plan_detokenizer_has_two_runs_with_their_own_missing_keys(capsys, monke
     rows = _plan(capsys, monkeypatch, TORCHRUN64, "detokenizer")
     assert [r["run"] for r in rows] == ["keyframe", "video"]
     assert {r["global_batch"] for r in rows} == {128}
+    assert all(r["memory_gb"]["activations"] > 0 and "FakeTensorMode" in r["activations_method"] for r in rows)
+    assert rows[1]["params_trainable"] == 1_575_748_458  # the 3D U-Net + motion condition encoder (VAE frozen)
     keyframe, video = (r["missing_before_training"] for r in rows)
     assert [x.split(":")[0] for x in keyframe] == ["detokenizer.keyframe.vae_dir"]
     assert [x.split(":")[0] for x in video] == ["detokenizer.video.vae_dir", "detokenizer.video.svd_dir"]

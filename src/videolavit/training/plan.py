@@ -56,8 +56,12 @@ def activation_peak(build: Callable[[], Any], step: Callable[[Any], Any]) -> int
     import torch
     from torch._subclasses.fake_tensor import FakeTensorMode
 
+    from unittest import mock
+
     with FakeTensorMode(allow_non_fake_inputs=True):
-        model = build()
+        # trunc_normal_ reads a scalar back (data-dependent under FakeTensorMode); fake weights need no values
+        with mock.patch.object(torch.nn.init, "trunc_normal_", lambda t, *a, **k: t):
+            model = build()
         for p in model.parameters():
             if p.requires_grad:
                 p.register_post_accumulate_grad_hook(lambda q: setattr(q, "grad", None))
@@ -66,7 +70,6 @@ def activation_peak(build: Callable[[], Any], step: Callable[[Any], Any]) -> int
             loss = step(model)
             loss.backward()
         del loss
-        torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return int(mode.peak)
 
 
@@ -139,11 +142,7 @@ def _motion_runs(cfg, micro: int, precision: str):
     kwargs = section_kwargs(cfg.motion_tokenizer.model)
 
     def make():
-        from unittest import mock
-
-        # trunc_normal_ reads a scalar back (data-dependent under FakeTensorMode); fake weights need no values
-        with mock.patch.object(torch.nn.init, "trunc_normal_", lambda t, *a, **k: t):
-            model = MotionTokenizer(**kwargs).train()
+        model = MotionTokenizer(**kwargs).train()
         q = getattr(model, "quantizer", None)
         for buf in ("initted",):  # k-means init is data-dependent: mark it done (its memory is not the peak)
             for m in model.modules():
@@ -163,6 +162,70 @@ def _motion_runs(cfg, micro: int, precision: str):
         full = MotionTokenizer(**kwargs)
     return [("motion_tokenizer", full, _decay_counts(full.named_parameters()),
              lambda: (activation_peak(make, step), "FakeTensorMode, full depth"))]
+
+
+# SD/SDXL's and SVD's VAE shapes (4 latent channels, 8× down-sampling): the stand-in a plan uses when vae_dir is not
+# readable here; frozen, so only its no-grad encode adds to the activation peak.
+_VAE = {"down_block_types": ["DownEncoderBlock2D"] * 4, "block_out_channels": [128, 256, 512, 512],
+        "layers_per_block": 2, "latent_channels": 4}
+
+
+def _shape_vae(video: bool):
+    import diffusers
+
+    if video:
+        vae = diffusers.AutoencoderKLTemporalDecoder(**_VAE)
+    else:
+        vae = diffusers.AutoencoderKL(**_VAE, up_block_types=["UpDecoderBlock2D"] * 4, scaling_factor=0.13025)
+    return vae.requires_grad_(False).eval()
+
+
+def _detokenizer_runs(cfg, micro: int, precision: str, kwargs: dict):
+    """Keyframe and video detokenizer, each its own run, in latent space (a VAE of SD's / SVD's shape)."""
+    import torch
+
+    from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
+    from videolavit.models.video_detokenizer import VideoDetokenizer
+
+    d = cfg.detokenizer
+    part = getattr(d.train, "part", None)
+    parts = [part] if part in ("keyframe", "video") else [str(m) for m in d.models]
+    vt = cfg.visual_tokenizer.model
+    cond_dim, cond_tokens = int(vt.width), (int(vt.image_size or 224) // int(vt.patch_size)) ** 2  # every patch kept
+    mixed = precision.startswith("bf16")
+    runs = []
+    for name in parts:
+        if name == "keyframe":
+            args = {**kwargs["keyframe"](cfg, cond_dim), "vae_dir": None}
+            H, W = args["image_size"]
+
+            def make(args=args):
+                return KeyframeDetokenizer(**args, vae=_shape_vae(False)).train()
+
+            def step(model, H=H, W=W):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+                    return model.training_loss(torch.zeros(micro, 3, H, W), torch.zeros(micro, cond_tokens, cond_dim))
+        else:
+            args = {**kwargs["video"](cfg), "vae_dir": None}
+            T, H, W = args["frames"], args["height"], args["width"]
+            h, w = int(cfg.video.motion_height), int(cfg.video.motion_width)
+
+            def make(args=args):
+                return VideoDetokenizer(**args, vae=_shape_vae(True)).train()
+
+            def step(model, T=T, H=H, W=W, h=h, w=w):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+                    return model.training_loss(torch.zeros(micro, T, 3, H, W), torch.zeros(micro, 3, H, W),
+                                               torch.zeros(micro, 2, T, h, w))
+        with torch.device("meta"):
+            model = make()
+        trainable = {id(p) for p in model.trainable_parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        runs.append((name, model, _decay_counts(named),
+                     lambda make=make, step=step: (activation_peak(make, step), "FakeTensorMode, full depth, SD/SVD-shaped VAE")))
+    return runs
 
 
 def _static_runs(cfg, stage: str, kwargs: dict):
@@ -207,6 +270,8 @@ def plan_stage(cfg: Any, stage: str, gpu_mem_gb: float = 80.0, env=None, model_k
         runs = _lm_runs(cfg, stage, bp.micro_batch, precision)
     elif stage == "motion_tokenizer":
         runs = _motion_runs(cfg, bp.micro_batch, precision)
+    elif stage == "detokenizer":
+        runs = _detokenizer_runs(cfg, bp.micro_batch, precision, model_kwargs or {})
     else:
         runs = _static_runs(cfg, stage, model_kwargs or {})
     missing = missing_before_training(cfg, stage, check_files=False)
