@@ -1,0 +1,1 @@
+"""Data: the corpus manifest, synthetic corpus, importers, clip and token shards, prompt formats, pixels."""

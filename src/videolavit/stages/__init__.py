@@ -1,0 +1,1 @@
+"""Stages: one module per DVC stage, each with ``run(cfg) -> dict[str, float]``."""
