@@ -4,6 +4,10 @@ A thin wrapper over ``vector_quantize_pytorch.VectorQuantize`` (cosine-similarit
 L2-normalized vectors; EMA codebook updates; k-means initialisation on the first batch; codes used less than
 ``dead_code_threshold`` times per EMA window are restarted from the batch; straight-through gradients). The wrapper
 fixes the paper's choices and adds the statistics both tokenizers report: code usage and perplexity.
+
+Under torch.distributed (world > 1) the codebook is synchronised: EMA cluster sizes and sums are all-reduced (summed),
+k-means init and dead-code restarts sample from every rank's vectors, so each rank holds the same codebook trained on the
+global batch and ``dead_code_threshold`` counts uses per step over the whole global batch. Single process: unchanged.
 """
 
 from __future__ import annotations
@@ -46,11 +50,29 @@ class VectorQuantizer(nn.Module):
             threshold_ema_dead_code=dead_code_threshold,
             commitment_weight=commitment_weight,
             rotation_trick=False,  # the paper's straight-through estimator, not the rotation trick
-            sync_codebook=False,
+            sync_codebook=False,  # chosen per call in _select_sync: the model is built before the process group
         )
+
+    def _select_sync(self) -> None:
+        """Point the codebook's reduce/sample hooks at torch.distributed when a group of > 1 ranks is up, else local."""
+        import torch.distributed as dist
+        from vector_quantize_pytorch import vector_quantize_pytorch as vqp
+
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        codebook = self.vq._codebook
+        if getattr(codebook, "_videolavit_sync", None) is distributed:
+            return
+        codebook.use_ddp = distributed
+        codebook.all_reduce_fn = dist.all_reduce if distributed else vqp.noop
+        codebook.kmeans_all_reduce_fn = dist.all_reduce if distributed else vqp.noop
+        sample = vqp.sample_vectors_distributed if distributed else vqp.batched_sample_vectors
+        codebook.sample_fn = sample
+        codebook.replace_sample_fn = sample
+        codebook._videolavit_sync = distributed
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
         """``x`` [B, N, D] → quantized [B, N, D], codes [B, N], commitment loss. ``mask`` [B, N] marks real tokens."""
+        self._select_sync()
         if mask is not None:
             quantized, codes, loss = self.vq(x, mask=mask)
         else:
@@ -60,6 +82,7 @@ class VectorQuantizer(nn.Module):
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` [B, N, D] → codes [B, N] (no codebook update)."""
+        self._select_sync()
         was_training = self.training
         self.eval()
         try:
