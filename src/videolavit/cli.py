@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)
         if stage == "decompose":
             p.add_argument("--shard", default=None, metavar="i/n", help="process only shard i of n of the videos")
+        if stage == "tokenize":
+            p.add_argument("--shard", default=None, metavar="i/n", help="tokenize only units i, i+n, … of decompose's shares")
+            p.add_argument("--merge", action="store_true", help="only merge a sharded run's parts into the token shards")
 
     p = sub.add_parser("sweep", help="an Optuna study over a stage's hyperparameters")
     p.add_argument("target", help="the stage to sweep (motion_tokenizer, visual_tokenizer)")
@@ -131,7 +134,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         overrides = [*overrides_from_file(args.overrides_file), *overrides]
     if args.command in STAGES:
         if getattr(args, "shard", None):
-            overrides.append(f"decompose.shard={args.shard}")
+            overrides.append(f"{'tokenize' if args.command == 'tokenize' else 'decompose'}.shard={args.shard}")
+        if getattr(args, "merge", False):
+            overrides.append("tokenize.merge=true")
         metrics = run_stage(args.command, overrides, profile=args.profile)
         print(stage_summary(args.command, metrics))
         return 0

@@ -367,6 +367,8 @@ class TokenizeStageConfig:
     baseline_clips: Optional[int] = 1000  # at most this many of them (None: all)
     batch_size: int = 64  # clips (or images) per tokenizer forward
     records_per_shard: int = 10_000
+    shard: Optional[str] = None  # 'i/n': this process tokenizes units i, i+n, … (data/token_parts.py); None: all
+    merge: bool = False  # only merge the parts of a sharded run into the token shards
 
 
 register_section("tokenize", TokenizeStageConfig)

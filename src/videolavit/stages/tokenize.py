@@ -21,24 +21,28 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import time
-from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from videolavit import tracking
 from videolavit.config import section_kwargs
 from videolavit.data.images import read_image, resize_images
-from videolavit.data.manifest import INSTRUCT_FILE, SPLITS, read_instruct, read_manifest
-from videolavit.data.shards import clip_shard_paths, iter_clip_records
-from videolavit.data.tokens import TokenShardWriter, write_token_meta
+from videolavit.data.manifest import INSTRUCT_FILE, SPLITS, iter_manifest_share, read_instruct, read_manifest
+from videolavit.data.shards import clip_shard_urls, iter_clip_records
+from videolavit.data.token_parts import (
+    PARTS_DIR, PartWriter, TokenStats, clip_orders, decompose_shares, locked, merged_stats, missing_parts, parse_shard,
+    image_codes, read_part_stats, require_parts, unit_tags, video_record, write_merged,
+)
+from videolavit.data.tokens import write_token_meta
 from videolavit.artifacts import artifact
 from videolavit.errors import ConfigError, require_path
 from videolavit.runner import stage_entry
@@ -138,20 +142,26 @@ class MediaTokenizer:
         self.device, self.batch_size = device, int(cfg.tokenize.batch_size)
         self.image_size = self.visual.image_size
 
-    # codes are kept as small int32 arrays: a split's clips are held until its records are written in corpus order
+    def _autocast(self):
+        """bf16 autocast on a GPU (the ViT-G passes dominate tokenize at scale); fp32 on the CPU, as before."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=str(self.device).startswith("cuda"))
+
     @torch.inference_mode()
     def images(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """uint8 images [H, W, 3] (any size) → visual codes per image (resized to the tokenizer input as in training)."""
         out: list[np.ndarray] = []
         for i in range(0, len(images), self.batch_size):
             chunk = np.stack([resize_images(im, self.image_size) for im in images[i : i + self.batch_size]])  # [n, S, S, 3]
-            out += [c.cpu().numpy().astype(np.int32) for c in self.visual.encode(self.visual.preprocess(chunk))]
+            with self._autocast():
+                codes = self.visual.encode(self.visual.preprocess(chunk))
+            out += [c.cpu().numpy().astype(np.int32) for c in codes]
         return out
 
     @torch.inference_mode()
     def motions(self, motion: np.ndarray) -> list[np.ndarray]:
         """float [N, 2, T, h, w] → motion codes per clip (``tokens_per_clip`` each)."""
-        codes = self.motion.encode(torch.as_tensor(motion, device=self.device))  # [N, tokens_per_clip]
+        with self._autocast():
+            codes = self.motion.encode(torch.as_tensor(motion, device=self.device))  # [N, tokens_per_clip]
         return list(codes.cpu().numpy().astype(np.int32))
 
 
@@ -163,42 +173,48 @@ def frame_positions(clips: int, frames_per_clip: int, n: Optional[int]) -> list[
     return [divmod(p, frames_per_clip) for p in positions]
 
 
-def _clip_order(clips_dir: Path, split: str) -> dict[str, list[int]]:
-    """video_id → its clip indices in time order (shard metadata only)."""
-    order: dict[str, list[int]] = defaultdict(list)
-    for record in iter_clip_records(clips_dir, split, fields=("meta",)):
-        order[record["meta"]["video_id"]].append(int(record["meta"]["clip"]))
-    return {v: sorted(c) for v, c in order.items()}
-
-
 class VideoTokens:
-    """Clip tokens of one split, streamed from the clip shards in batches; per video, clip and sampled frame."""
+    """Clip tokens of one unit's tars, streamed: clips are encoded in batches and each video is handed on (with its
+    sampled frames) as soon as its last clip is encoded, so only the videos of the current batch are held."""
 
-    def __init__(self, media: MediaTokenizer, clips_dir: Path, split: str, ablation_frames: Optional[int], baseline_clips: int):
-        self.media, self.clips_dir, self.split = media, clips_dir, split
-        self.order = _clip_order(clips_dir, split) if clip_shard_paths(clips_dir, split) else {}
+    def __init__(self, media: MediaTokenizer, paths: Sequence[str], ablation_frames: Optional[int], baseline_clips: int):
+        self.media, self.paths = media, list(paths)
         self.ablation_frames, self.baseline_left = ablation_frames, baseline_clips
-        self.clips: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)  # video → clip → (visual, motion)
-        self.frames: dict[str, dict[int, np.ndarray]] = defaultdict(dict)  # video → sample index → visual codes
+        self.order: dict[str, list[int]] = {}  # video → its clips in time order (videos of the current window)
+        self.pending: dict[str, tuple[dict, dict]] = {}  # video → (clip → (visual, motion), sample index → codes)
         self.frames_source = "frames"
-        self.baseline: list[tuple[float, float]] = []  # (clip tokens, per-frame tokens) per baseline clip
-        self.frame_counts: list[int] = []  # visual tokens of each baseline frame
+        self.clips_seen = False
+        self.baseline: list[list] = []  # [clip tokens, per-frame tokens, per-frame visual counts] per baseline clip
 
-    def run(self) -> "VideoTokens":
-        if not self.order:
-            return self
-        fields = ("keyframe", "motion", "frames", "meta")
+    def videos(self) -> Iterator[tuple[str, dict, dict]]:
+        """(video, clip → (visual, motion) codes, sample index → frame codes), in shard order."""
+        orders = clip_orders(self.paths)
         batch: list[dict] = []
-        for record in iter_clip_records(self.clips_dir, self.split, fields=fields):
+        for record in iter_clip_records(None, "", ("keyframe", "motion", "frames", "meta"), paths=self.paths):
+            video = record["meta"]["video_id"]
+            while video not in self.order:
+                v, clips = next(orders)
+                self.order[v], self.pending[v] = clips, ({}, {})
             batch.append(record)
             if len(batch) == self.media.batch_size:
                 self._encode(batch)
                 batch = []
+                yield from self._finished()
         if batch:
             self._encode(batch)
-        return self
+        yield from self._finished()
+
+    def _finished(self) -> Iterator[tuple[str, dict, dict]]:
+        while self.pending:
+            video = next(iter(self.pending))
+            if len(self.pending[video][0]) < len(self.order[video]):
+                return
+            clips, frames = self.pending.pop(video)
+            del self.order[video]
+            yield video, clips, frames
 
     def _encode(self, batch: list[dict]) -> None:
+        self.clips_seen = True
         visual = self.media.images([r["keyframe"] for r in batch])
         motion = self.media.motions(np.stack([r["motion"] for r in batch]))
         jobs: list[tuple[str, int]] = []  # (video, sample index) of each ablation frame
@@ -206,7 +222,7 @@ class VideoTokens:
         baseline: list[int] = []  # batch positions whose every frame is tokenized for the baseline
         for b, r in enumerate(batch):
             video, clip = r["meta"]["video_id"], int(r["meta"]["clip"])
-            self.clips[video][clip] = (visual[b], motion[b])
+            self.pending[video][0][clip] = (visual[b], motion[b])
             frames = r.get("frames")
             if frames is None:  # shards without frames: the keyframes are the sampled frames
                 self.frames_source, frames = "keyframes", r["keyframe"][None]
@@ -219,26 +235,12 @@ class VideoTokens:
                 self.baseline_left -= 1
                 baseline.append(b)
         for (video, i), codes in zip(jobs, self.media.images(images)):
-            self.frames[video][i] = codes
+            self.pending[video][1][i] = codes
         frame_codes = self.media.images([f for b in baseline for f in batch[b]["frames"]])
         for b in baseline:
             counts = [len(c) for c in frame_codes[: len(batch[b]["frames"])]]
             frame_codes = frame_codes[len(counts) :]
-            self.frame_counts += counts
-            self.baseline.append((clip_tokens(len(visual[b]), len(motion[b])), per_frame_tokens(counts)))
-
-    def record(self, video: str, vocab: Vocab) -> Optional[dict]:
-        """``media``, ``clip_spans``, ``frames_media`` of one video; None when it has no clips."""
-        if not self.clips.get(video):
-            return None
-        media, spans = [], []
-        for clip in sorted(self.clips[video]):
-            span = vocab.clip_span(*self.clips[video][clip])
-            spans.append([len(media), len(media) + len(span)])
-            media += span
-        frames = self.frames.get(video, {})
-        frames_media = [t for i in sorted(frames) for t in vocab.image_span(frames[i])]
-        return {"media": media, "clip_spans": spans, "frames_media": frames_media}
+            self.baseline.append([clip_tokens(len(visual[b]), len(motion[b])), per_frame_tokens(counts), counts])
 
 
 def _rejected(clips_dir: Path) -> set[str]:
@@ -248,13 +250,15 @@ def _rejected(clips_dir: Path) -> set[str]:
     return {json.loads(line)["id"] for line in path.read_text().splitlines() if line.strip()}
 
 
-def _clear_outputs(tokens_dir: Path) -> None:
+def _clear_outputs(tokens_dir: Path, parts: bool = True) -> None:
     """Shards of an earlier run would be read with these (a smaller run writes fewer files)."""
     for split in SPLITS:
         for path in tokens_dir.glob(f"{split}-*.jsonl"):
             path.unlink()
     (tokens_dir / "meta.json").unlink(missing_ok=True)
-    shutil.rmtree(tokens_dir / "text_tokenizer", ignore_errors=True)
+    if parts:
+        shutil.rmtree(tokens_dir / "text_tokenizer", ignore_errors=True)
+        shutil.rmtree(tokens_dir / PARTS_DIR, ignore_errors=True)
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -264,59 +268,40 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std())
 
 
-@dataclass
-class TokenStats:
-    """What the records hold, accumulated over the splits (the stage's metrics)."""
-
-    counts: dict = field(default_factory=dict)  # split → records written
-    skipped: dict = field(default_factory=lambda: {"rejected": 0, "no_clips": 0})
-    clip_tokens: list = field(default_factory=list)  # per clip: visual + motion + 4
-    keyframe_tokens: list = field(default_factory=list)
-    image_tokens: list = field(default_factory=list)
-    caption_tokens: list = field(default_factory=list)
-    media_lengths: list = field(default_factory=list)  # per video
-    frames_lengths: list = field(default_factory=list)  # per video (frames_media)
-    baseline: list = field(default_factory=list)  # (clip tokens, per-frame tokens) per baseline clip
-    frame_tokens: list = field(default_factory=list)  # visual tokens of each baseline frame
-    frames_source: str = "frames"
-
-
-def write_split(
-    split: str, cfg: DictConfig, media: MediaTokenizer, vocab: Vocab, text_ids, rejected: set, stats: TokenStats
-) -> None:
-    """Tokenize one split's clips and images and write its records in corpus order."""
+def write_unit(split: str, tag: str, cfg: DictConfig, media: MediaTokenizer, vocab: Vocab, text_ids, rejected: set,
+               fingerprint: dict) -> None:
+    """Tokenize one unit (manifest share ``tag`` of a split and the clip tars decompose made from it) and write its
+    records in corpus order to its part file, streaming: a batch of clips and one video's codes at a time."""
     tk, corpus_dir = cfg.tokenize, Path(cfg.paths.corpus)
-    samples = read_manifest(corpus_dir, split)
+    i, n = parse_shard(tag.replace("of", "/"))
     budget = (int(tk.baseline_clips) if tk.baseline_clips is not None else 1 << 62) if split == tk.baseline_split else 0
-    videos = VideoTokens(media, Path(cfg.paths.clips), split, tk.ablation_frames, budget).run()
-    stats.baseline += videos.baseline
-    stats.frame_tokens += videos.frame_counts
-    if videos.clips and videos.frames_source != "frames":
-        stats.frames_source = videos.frames_source
-    image_codes: dict[str, np.ndarray] = {}
-    image_samples = [s for s in samples if s.kind == "image"]
-    for i in range(0, len(image_samples), media.batch_size):
-        chunk = image_samples[i : i + media.batch_size]
-        codes = media.images([read_image(s.media_path(corpus_dir), media.image_size) for s in chunk])
-        image_codes.update(zip((s.id for s in chunk), codes))
-
-    with TokenShardWriter(cfg.paths.tokens, split, int(tk.records_per_shard)) as writer:
-        for s in samples:
+    tars = [p for p in clip_shard_urls(cfg.paths.clips, split) if Path(p).name.startswith(f"{split}-{tag}-")]
+    clips = VideoTokens(media, tars, tk.ablation_frames, budget)
+    videos = clips.videos()
+    images = image_codes(media, iter_manifest_share(corpus_dir, split, i, n), corpus_dir)
+    stats = TokenStats()
+    writer = PartWriter(cfg.paths.tokens, split, tag)
+    try:
+        ahead = next(videos, None)
+        for s in iter_manifest_share(corpus_dir, split, i, n):
             record = {"id": s.id, "kind": s.kind, "split": split}
             if s.kind == "video":
-                tokens = videos.record(s.id, vocab)
-                if tokens is None:
+                if ahead is None or ahead[0] != s.id:
                     stats.skipped["rejected" if s.id in rejected else "no_clips"] += 1
                     continue
+                _, codes, frames = ahead
+                ahead = next(videos, None)
+                tokens = video_record(codes, frames, vocab)
                 record.update(tokens)
-                clips = videos.clips[s.id].values()
-                stats.clip_tokens += [clip_tokens(len(v), len(m)) for v, m in clips]
-                stats.keyframe_tokens += [len(v) for v, _ in clips]
+                stats.clip_tokens += [clip_tokens(len(v), len(m)) for v, m in codes.values()]
+                stats.keyframe_tokens += [len(v) for v, _ in codes.values()]
                 stats.media_lengths.append(len(tokens["media"]))
                 stats.frames_lengths.append(len(tokens["frames_media"]))
             else:
-                record.update({"media": vocab.image_span(image_codes[s.id]), "clip_spans": []})
-                stats.image_tokens.append(len(image_codes[s.id]))
+                key, visual = next(images)
+                assert key == s.id, (key, s.id)  # both walk the same manifest share
+                record.update({"media": vocab.image_span(visual), "clip_spans": []})
+                stats.image_tokens.append(len(visual))
             record["caption"], record["caption_text"] = text_ids(s.caption), s.caption
             record["qa"] = [
                 {"question": text_ids(q.question), "answer": text_ids(q.answer), "question_text": q.question,
@@ -325,7 +310,19 @@ def write_split(
             ]
             stats.caption_tokens.append(len(record["caption"]))
             writer.write(record)
+        if ahead is not None:
+            raise ConfigError(
+                f"clip shards {split}-{tag}-*.tar hold video '{ahead[0]}' out of manifest order (or not in manifest share "
+                f"{tag} of {split}): tokenize streams both in the order decompose writes them; re-run `videolavit decompose`"
+            )
+    except BaseException:
+        writer.abandon()
+        raise
     stats.counts[split] = writer.written
+    if clips.clips_seen and clips.frames_source != "frames":
+        stats.frames_source = clips.frames_source
+    stats.baseline = clips.baseline
+    writer.finish({"fingerprint": fingerprint, **asdict(stats)})
 
 
 def metrics_of(stats: TokenStats, vocab: Vocab, motion_per_clip: int, text_size: int) -> dict[str, float]:
@@ -354,8 +351,67 @@ def metrics_of(stats: TokenStats, vocab: Vocab, motion_per_clip: int, text_size:
     }
 
 
+def _text_tokenizer(cfg: DictConfig, tokens_dir: Path, reuse: bool):
+    """(tokenizer, source); a sharded run builds it once (under a lock) and the other shards load it."""
+    from videolavit.data.text_tokenizer import load_text_tokenizer
+
+    out = tokens_dir / "text_tokenizer"
+    with locked(tokens_dir / PARTS_DIR / "text_tokenizer.lock"):
+        source = str(cfg.tokenize.text_tokenizer_path) if cfg.tokenize.text_tokenizer_path else "bpe"
+        if reuse and (out / "tokenizer.json").is_file():
+            return load_text_tokenizer(str(out)), source
+        tmp = tokens_dir / PARTS_DIR / "text_tokenizer.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tokenizer, source = build_text_tokenizer(cfg, tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        return load_text_tokenizer(str(out)), source
+
+
+def merge(cfg: DictConfig, shares: int, started: float) -> dict[str, float]:
+    """The parts → ``{split}-*.jsonl``, ``meta.json`` and the stage's metrics (what one process writes)."""
+    tokens_dir = Path(cfg.paths.tokens)
+    require_parts(tokens_dir, SPLITS, shares)
+    with locked(tokens_dir / PARTS_DIR / "merge.lock"):
+        stats = merged_stats(tokens_dir, shares, cfg)
+        info = read_part_stats(tokens_dir, SPLITS[0], unit_tags(shares)[0])["fingerprint"]
+        for split in SPLITS:
+            write_merged(tokens_dir, split, shares, int(cfg.tokenize.records_per_shard))
+        vocab = Vocab(**info["vocab"])
+        tk = cfg.tokenize
+        meta_path = write_token_meta(
+            tokens_dir,
+            {
+                "vocab": info["vocab"],
+                "motion_tokens_per_clip": info["motion_tokens_per_clip"],
+                "counts": stats.counts,
+                "skipped": stats.skipped,
+                "source": "tokenize",
+                "text_tokenizer": info["text_tokenizer"],
+                "tokenizers": info["tokenizers"],
+                "frames_media": {"frames_per_video": tk.ablation_frames if tk.ablation_frames is not None else "2 per clip",
+                                 "source": stats.frames_source},
+            },
+        )
+    shutil.rmtree(tokens_dir / PARTS_DIR, ignore_errors=True)  # merged: the token shards hold it all (no copy twice)
+    tracking.active().log_artifact(meta_path, "tokens")
+    metrics = metrics_of(stats, vocab, int(info["motion_tokens_per_clip"]), int(info["text_tokenizer"]["size"]))
+    metrics["seconds"] = time.perf_counter() - started
+    print(
+        f"tokenize: {sum(stats.counts.values())} records ({len(stats.clip_tokens)} clips; {stats.skipped['rejected']} "
+        f"rejected and {stats.skipped['no_clips']} clip-less videos skipped) in {metrics['seconds']:.1f} s; "
+        f"{metrics['tokens_per_clip']:.1f} tokens per clip ({metrics['visual_tokens_per_keyframe']:.1f} visual + "
+        f"{info['motion_tokens_per_clip']} motion + 4) vs {metrics['tokens_per_clip_per_frame_baseline']:.1f} frame by "
+        f"frame: saving {metrics['token_saving']:.3f} (paper counts: {metrics['token_saving_paper_counts']:.3f}); vocab "
+        f"{vocab.size} ids → {tokens_dir}"
+    )
+    return metrics
+
+
 @stage_entry(STAGE)
 def run(cfg: DictConfig) -> dict[str, float]:
+    """One process (every unit, then the merge), ``tokenize.shard=i/n`` (units i, i+n, …; the merge once every part is
+    in) or ``tokenize.merge=true`` (the merge alone)."""
     started = time.perf_counter()
     tk = cfg.tokenize
     if tk.baseline_split not in SPLITS:
@@ -364,49 +420,40 @@ def run(cfg: DictConfig) -> dict[str, float]:
         raise ConfigError(f"tokenize.ablation_frames must be ≥ 1 or null, got {tk.ablation_frames}")
     require_path(cfg.paths.corpus, "corpus", "Build it with `videolavit corpus`.")
     clips_dir = require_path(cfg.paths.clips, "clip shards", "Make them with `videolavit decompose`.")
+    shares = decompose_shares(clips_dir, SPLITS)
+    tokens_dir = Path(cfg.paths.tokens)
+    if tk.get("merge"):
+        return merge(cfg, shares, started)
+    shard_i, shard_n = parse_shard(tk.shard) if tk.get("shard") else (0, 1)
     accelerator = str(cfg.compute.accelerator)
     media = MediaTokenizer(cfg, "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
-    tokens_dir = Path(cfg.paths.tokens)
     tokens_dir.mkdir(parents=True, exist_ok=True)
-    _clear_outputs(tokens_dir)
-    text_tokenizer, text_source = build_text_tokenizer(cfg, tokens_dir / "text_tokenizer")
+    _clear_outputs(tokens_dir, parts=not tk.get("shard"))
+    text_tokenizer, text_source = _text_tokenizer(cfg, tokens_dir, reuse=bool(tk.get("shard")))
     vocab = Vocab(
         text_size=rounded_text_size(len(text_tokenizer), int(tk.text_size_multiple)),
         visual_codes=media.visual.codebook_size,
         motion_codes=media.motion.codebook_size,
     )
+    settings = {k: v for k, v in OmegaConf.to_container(tk, resolve=True).items() if k not in ("shard", "merge")}
+    fingerprint = {
+        "vocab": {"text_size": vocab.text_size, "visual_codes": vocab.visual_codes, "motion_codes": vocab.motion_codes},
+        "motion_tokens_per_clip": int(media.motion.tokens_per_clip),
+        "text_tokenizer": {"source": text_source, "size": len(text_tokenizer)},
+        "tokenizers": media.paths,
+        "tokenize": settings,
+    }
 
     def text_ids(text: str) -> list[int]:
         return text_tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    stats, rejected = TokenStats(), _rejected(clips_dir)
+    rejected = _rejected(clips_dir)
+    mine = unit_tags(shares)[shard_i::shard_n]
     for split in SPLITS:
-        write_split(split, cfg, media, vocab, text_ids, rejected, stats)
-    motion_per_clip = int(media.motion.tokens_per_clip)
-    meta_path = write_token_meta(
-        tokens_dir,
-        {
-            "vocab": {"text_size": vocab.text_size, "visual_codes": vocab.visual_codes, "motion_codes": vocab.motion_codes},
-            "motion_tokens_per_clip": motion_per_clip,
-            "counts": stats.counts,
-            "skipped": stats.skipped,
-            "source": "tokenize",
-            "text_tokenizer": {"source": text_source, "size": len(text_tokenizer)},
-            "tokenizers": media.paths,
-            "frames_media": {"frames_per_video": tk.ablation_frames if tk.ablation_frames is not None else "2 per clip",
-                             "source": stats.frames_source},
-        },
-    )
-    tracking.active().log_artifact(meta_path, "tokens")
-
-    metrics = metrics_of(stats, vocab, motion_per_clip, len(text_tokenizer))
-    metrics["seconds"] = time.perf_counter() - started
-    print(
-        f"tokenize: {sum(stats.counts.values())} records ({len(stats.clip_tokens)} clips; {stats.skipped['rejected']} "
-        f"rejected and {stats.skipped['no_clips']} clip-less videos skipped) in {metrics['seconds']:.1f} s; "
-        f"{metrics['tokens_per_clip']:.1f} tokens per clip ({metrics['visual_tokens_per_keyframe']:.1f} visual + "
-        f"{motion_per_clip} motion + 4) vs {metrics['tokens_per_clip_per_frame_baseline']:.1f} frame by frame: saving "
-        f"{metrics['token_saving']:.3f} (paper counts: {metrics['token_saving_paper_counts']:.3f}); vocab {vocab.size} ids "
-        f"→ {tokens_dir}"
-    )
-    return metrics
+        for tag in mine:
+            write_unit(split, tag, cfg, media, vocab, text_ids, rejected, fingerprint)
+    if missing_parts(tokens_dir, SPLITS, shares):
+        print(f"tokenize: shard {shard_i}/{shard_n} wrote units {', '.join(mine) or 'none'}; the merge runs when every "
+              f"part is in (or `videolavit tokenize --merge`)")
+        return {"units": float(len(mine) * len(SPLITS)), "seconds": time.perf_counter() - started}
+    return merge(cfg, shares, started)
