@@ -109,18 +109,43 @@ def make_trainer(
 
 
 class ResumableRNG:
-    """LightningModule mixin: checkpoints carry the global torch RNG (and CUDA's), restored before the first batch
-    after a resume, so that noise, dropout and dead-code restarts draw what an uninterrupted run would have drawn.
-    List it before ``L.LightningModule``; an override of ``on_save_checkpoint`` calls ``super()``."""
+    """LightningModule mixin: per-rank RNG streams (σ, noise, Gumbel, dropout, dead-code restarts) that resume exactly.
+
+    With > 1 rank each rank reseeds its global torch (and CUDA) generator at its first batch to ``seed + rank × 1000003``
+    (one process: the stream is left as it is), checkpoints carry every rank's state (gathered; rank 0 writes them) and
+    a resumed rank restores its own. List it before ``L.LightningModule``; overrides of these hooks call ``super()``."""
 
     _rng_to_restore: Optional[dict] = None
+    _rng_ready: bool = False
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    @staticmethod
+    def _rank_world() -> tuple[int, int]:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    @staticmethod
+    def _local_rng_state() -> dict:
         import torch
 
-        checkpoint["rng_state"] = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            checkpoint["rng_state"]["cuda"] = torch.cuda.get_rng_state_all()
+        state = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state()
+        return state
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        import torch.distributed as dist
+
+        # Lightning dumps the checkpoint on every rank and rank 0 writes it: gather each rank's stream into it.
+        rank, world = self._rank_world()
+        mine = self._local_rng_state()
+        states = [mine]
+        if world > 1:
+            states = [None] * world
+            dist.all_gather_object(states, {k: v.cpu() for k, v in mine.items()})
+        checkpoint["rng_state"] = {**mine, "per_rank": states, "world_size": world}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._rng_to_restore = checkpoint.get("rng_state")
@@ -128,8 +153,21 @@ class ResumableRNG:
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         import torch
 
-        if self._rng_to_restore is not None:
-            torch.set_rng_state(self._rng_to_restore["torch"])
-            if "cuda" in self._rng_to_restore and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(self._rng_to_restore["cuda"])
+        rank, world = self._rank_world()
+        saved = self._rng_to_restore
+        if saved is not None:
+            per_rank = saved.get("per_rank")
+            if per_rank is not None and len(per_rank) == world:
+                saved = per_rank[rank]
+            elif world > 1:  # an old or differently sized checkpoint: rank 0's stream would repeat on every rank
+                saved = None
+            if saved is not None:
+                torch.set_rng_state(saved["torch"])
+                if "cuda" in saved and torch.cuda.is_available():
+                    torch.cuda.set_rng_state(saved["cuda"])
+                self._rng_ready = True
             self._rng_to_restore = None
+        if not self._rng_ready:
+            if world > 1:
+                torch.manual_seed((torch.initial_seed() + rank * 1_000_003) % 2**63)
+            self._rng_ready = True
