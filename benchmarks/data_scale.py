@@ -3,6 +3,7 @@
     python benchmarks/data_scale.py manifest [--rows 10000000] [--shards 1000]   # simulated manifest (rows, no media)
     python benchmarks/data_scale.py clips [VIDEO] [--crf 14,17,20]                # paper-profile clips: bytes, PSNR
     python benchmarks/data_scale.py rss VIDEO [VIDEO ...] [--old-src DIR]         # the stage's peak RSS per worker
+    python benchmarks/data_scale.py index [--images 136000000] [--world 64]      # the image index per rank
 
 ``manifest``: one ``--shard i/n`` process's manifest memory (tracemalloc peak of Python allocations) and bytes read:
 the stage's streaming share (data/manifest.iter_manifest_share through clip_units.plan_units) at ``--rows``, against
@@ -19,6 +20,11 @@ encode/decode seconds per clip.
 ``rss``: `videolavit decompose --profile paper` on a one-video corpus, one worker; the peak RSS of the worker (the
 stage's ``worker_peak_rss_mb`` metric) and of the whole process tree. ``--old-src``: the same with the stage of an
 older checkout (``git archive <rev> src | tar -x -C DIR``), whose one worker was the stage process itself.
+
+``index``: the visual tokenizer's image index (data/image_index.py) per rank, from simulated tar headers (4 members
+a clip, 512 clips a tar, WebVid-like keys): the old route (an ImageItem per keyframe, every tar on every rank) and the
+columnar index of one rank's tars, each measured (tracemalloc peak) at ``--measure`` images and extrapolated linearly
+to ``--images`` (every rank / 1/``--world`` of them).
 """
 
 from __future__ import annotations
@@ -237,6 +243,54 @@ def bench_rss(args) -> None:
                   f"worker {worker:.0f} MB, of the largest process in the tree {tree:.0f} MB", flush=True)
 
 
+# --- image index per rank -----------------------------------------------------------------------------------------------
+
+
+def simulated_headers(images: int, share: int = 0, shares: int = 1, per_tar: int = 512):
+    """(tar index, member name, offset, size) of the clip tars ``share``, ``share + shares``, … holding ``images``
+    keyframes (json, keyframe, motion, frames members per clip)."""
+    tars = -(-images // per_tar)
+    for tar in range(share, tars, shares):
+        offset = 512
+        for clip in range(tar * per_tar, min(images, (tar + 1) * per_tar)):
+            key = f"{1000000000 + clip // 4}__c{clip % 4:03d}"
+            for ext, size in (("json", 180), ("keyframe.npy", 150656), ("motion.npy", 69248), ("frames.mp4", 1200000)):
+                yield tar, f"{key}.{ext}", offset, size
+                offset += 512 + -(-size // 512) * 512
+
+
+def old_index(images: int) -> int:
+    """The old keyframe_items: one frozen ImageItem (key, str(path), offset, size) per keyframe member."""
+    from videolavit.data.image_index import ImageItem
+
+    path = "/data/clips/train-0of1-{:05d}.tar"
+    items = [ImageItem(n.partition(".")[0], str(path.format(t)), o, s)
+             for t, n, o, s in simulated_headers(images) if n.endswith(".keyframe.npy")]
+    return len(items)
+
+
+def new_index(images: int, rank: int, world: int) -> int:
+    from videolavit.data.image_index import ImageIndex, keyframe_columns
+
+    tars = [f"/data/clips/train-0of1-{t:05d}.tar" for t in range(-(-images // 512))]
+    index = ImageIndex(tars[rank::world], *keyframe_columns(simulated_headers(images, rank, world)),
+                       np.zeros(0, "S1"), np.zeros(0, "S1"))
+    return len(index)
+
+
+def bench_index(args) -> None:
+    n = args.measure
+    count, old_mb, old_s = measure(old_index, n)
+    print(f"image index, measured at {n:,} images (simulated tar headers), extrapolated to {args.images:,}:")
+    print(f"  old (ImageItem per keyframe, every tar on every rank): {old_mb * 2**20 / count:.0f} B/image, "
+          f"{old_mb:.0f} MiB in {old_s:.1f} s -> {old_mb / count * args.images / 1024:.1f} GiB per rank")
+    for world in (1, args.world):
+        count, new_mb, new_s = measure(new_index, n, 0, world)
+        per_image = new_mb * 2**20 / count
+        print(f"  new (columnar, rank 0 of {world}): {count:,} images, {per_image:.0f} B/image peak, {new_mb:.1f} MiB in "
+              f"{new_s:.1f} s -> {per_image * args.images / world / 2**30:.2f} GiB per rank")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
@@ -252,8 +306,12 @@ def main() -> None:
     r = sub.add_parser("rss")
     r.add_argument("videos", nargs="+")
     r.add_argument("--old-src", default=None)
+    x = sub.add_parser("index")
+    x.add_argument("--images", type=int, default=136_000_000)
+    x.add_argument("--world", type=int, default=64)
+    x.add_argument("--measure", type=int, default=1_000_000)
     args = parser.parse_args()
-    {"manifest": bench_manifest, "clips": bench_clips, "rss": bench_rss}[args.what](args)
+    {"manifest": bench_manifest, "clips": bench_clips, "rss": bench_rss, "index": bench_index}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -65,16 +65,29 @@ class ImageIndex:
 
 
 def keyframe_columns(headers: Iterable[tuple[int, str, int, int]]) -> tuple[np.ndarray, ...]:
-    """(tar index, member name, data offset, size) of tar members → the keyframe columns (other members dropped)."""
+    """(tar index, member name, data offset, size) of tar members → the keyframe columns (other members dropped).
+    Built tar by tar, so the Python objects of only one tar's headers exist at a time."""
+    chunks: list[tuple[np.ndarray, ...]] = []
     keys, tar_ids, offsets, sizes = [], [], [], []
+
+    def flush() -> None:
+        if keys:
+            chunks.append((_bytes_column(keys), np.asarray(tar_ids, dtype=np.int32), np.asarray(offsets, dtype=np.int64),
+                           np.asarray(sizes, dtype=np.int64)))
+            keys.clear(), tar_ids.clear(), offsets.clear(), sizes.clear()
+
     for tar_id, name, offset, size in headers:
+        if tar_ids and tar_id != tar_ids[-1]:
+            flush()
         if name.endswith(KEYFRAME_SUFFIX):
             keys.append(name.partition(".")[0])
             tar_ids.append(tar_id)
             offsets.append(offset)
             sizes.append(size)
-    return (_bytes_column(keys), np.asarray(tar_ids, dtype=np.int32), np.asarray(offsets, dtype=np.int64),
-            np.asarray(sizes, dtype=np.int64))
+    flush()
+    if not chunks:
+        return np.zeros(0, dtype="S1"), np.zeros(0, np.int32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return tuple(np.concatenate([c[i] for c in chunks]) for i in range(4))
 
 
 def tar_headers(tar_paths: Sequence[str]) -> Iterable[tuple[int, str, int, int]]:
