@@ -103,6 +103,7 @@ class KeyframeDetokenizer(nn.Module):
         beta_end: float = 0.012,
         num_train_timesteps: int = 1000,
         cond_dropout: float = 0.1,
+        gradient_checkpointing: bool = False,
         *,
         unet_model: nn.Module | None = None,
         vae: nn.Module | None = None,
@@ -122,6 +123,7 @@ class KeyframeDetokenizer(nn.Module):
             "beta_end": float(beta_end),
             "num_train_timesteps": int(num_train_timesteps),
             "cond_dropout": float(cond_dropout),
+            "gradient_checkpointing": bool(gradient_checkpointing),
         }
         self.vae = vae if vae is not None else (load_vae(vae_dir) if vae_dir else None)
         if self.vae is not None:
@@ -140,6 +142,8 @@ class KeyframeDetokenizer(nn.Module):
             kwargs.update(sample_size=list(self.latent_size), in_channels=channels, out_channels=channels)
             unet_model = UNet2DConditionModel(**kwargs)
         self.unet = unet_model
+        if gradient_checkpointing:  # recompute block activations in backward: the SDXL-shaped U-Net at paper scale
+            self.unet.enable_gradient_checkpointing()
         if self.unet.config.in_channels != channels:
             raise ConfigError(
                 f"the keyframe U-Net takes {self.unet.config.in_channels} channels, the keyframe space has {channels}"

@@ -9,7 +9,9 @@ What the U-Net receives (per frame t of a clip of T frames; C = 3 pixel channels
   (`spatiotemporal_unet_forward`) and give frame t its own context: that frame's motion features (grid_h·grid_w tokens,
   spatial cross-attention as the official code) followed by T per-frame summaries (mean over the grid). diffusers'
   temporal cross-attention reads frame 0's context, so through the summaries it still sees the motion of every frame
-  (the official code instead gives each pixel its own motion sequence; a custom temporal block would be needed).
+  (the official code instead gives each pixel its own motion sequence). ``temporal_context="per_pixel"`` (the paper
+  profile) does as the official code: every context is that frame's grid tokens only and each pixel's temporal
+  cross-attention reads the T motion features at its position (:mod:`videolavit.models.temporal_context`).
 - added_time_ids = [fps, motion_bucket_id, noise_aug] = [6, 127, 0.02] as the official `reconstruct_from_token`.
 
 EDM (Karras 2022) with SVD's v-style preconditioning, σ_data configurable (1.0 for SVD weights):
@@ -165,6 +167,8 @@ class VideoDetokenizer(nn.Module):
         motion_warp: bool = False,
         motion_std: tuple[float, float] | list[float] | None = None,
         motion_rescale: float | None = None,
+        temporal_context: str = "broadcast",
+        gradient_checkpointing: bool = False,
         *,
         unet_model: nn.Module | None = None,
         vae: nn.Module | None = None,
@@ -182,7 +186,10 @@ class VideoDetokenizer(nn.Module):
             "motion_warp": bool(motion_warp),
             "motion_std": [float(s) for s in motion_std] if motion_std is not None else None,
             "motion_rescale": float(motion_rescale) if motion_rescale is not None else None,
+            "temporal_context": str(temporal_context), "gradient_checkpointing": bool(gradient_checkpointing),
         }
+        if temporal_context not in ("broadcast", "per_pixel"):
+            raise ConfigError(f"temporal_context must be broadcast or per_pixel, got {temporal_context!r}")
         if motion_warp and not keyframe_skip:
             raise ConfigError("motion_warp sets the base that keyframe_skip diffuses around: it needs keyframe_skip")
         if motion_warp and (motion_std is None or motion_rescale is None):
@@ -227,6 +234,12 @@ class VideoDetokenizer(nn.Module):
             "frames": frames,
         }
         self.motion_encoder = MotionConditionEncoder(**encoder_kwargs)
+        if temporal_context == "per_pixel":
+            from videolavit.models.temporal_context import use_per_pixel_time_context
+
+            use_per_pixel_time_context(self.unet, tuple(encoder_kwargs["grid"]))
+        if gradient_checkpointing:  # recompute each block's activations in backward (paper scale: ≥ 69 GiB a clip)
+            self.unet.enable_gradient_checkpointing()
 
     def trainable_parameters(self):
         """U-Net and motion condition encoder (the VAE stays frozen)."""
@@ -284,10 +297,13 @@ class VideoDetokenizer(nn.Module):
             1, 2
         )  # [B, T, 2, h, w]
         features = self.motion_encoder(motion)  # [B, T, N, D]
-        summary = features.mean(2)[:, None].expand(B, frames, frames, features.shape[-1])  # [B, T, T, D]
-        context = torch.cat([features, summary], dim=2).flatten(0, 1)  # [B·T, N + T, D]
         ids = [self.config["fps"], self.config["motion_bucket_id"], self.config["noise_aug"]]
         added_time_ids = torch.tensor([ids], dtype=keyframe_in.dtype, device=keyframe.device).expand(B, 3)
+        if self.config["temporal_context"] == "per_pixel":  # the temporal blocks build each pixel's T features
+            context = features.flatten(0, 1)  # [B·T, N, D]
+            return {"keyframe": keyframe_in, "motion": motion_in, "context": context, "added_time_ids": added_time_ids}
+        summary = features.mean(2)[:, None].expand(B, frames, frames, features.shape[-1])  # [B, T, T, D]
+        context = torch.cat([features, summary], dim=2).flatten(0, 1)  # [B·T, N + T, D]
         return {"keyframe": keyframe_in, "motion": motion_in, "context": context, "added_time_ids": added_time_ids}
 
     def skip_base(self, keyframe: torch.Tensor, motion: torch.Tensor) -> torch.Tensor | None:

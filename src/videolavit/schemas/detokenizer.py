@@ -42,6 +42,7 @@ class KeyframeDetokenizerConfig:
     beta_schedule: str = "scaled_linear"  # SD/SDXL's schedule, so SDXL weights start where they were trained
     num_train_timesteps: int = 1000
     cond_dropout: float = 0.1  # classifier-free guidance: the condition is zeroed with this probability
+    gradient_checkpointing: bool = True  # recompute U-Net block activations in backward (paper scale needs it)
 
 
 @dataclass
@@ -98,6 +99,10 @@ class VideoDetokenizerConfig:
     decode_chunk_size: int = 8
     keyframe_skip: bool = False  # diffuse the clip minus its keyframe
     motion_warp: bool = False  # with keyframe_skip: minus the keyframe carried along the motion field instead
+    # per_pixel (official): each pixel's temporal cross-attention reads the T motion features at its position;
+    # broadcast: every pixel reads frame 0's grid tokens + T per-frame summaries (15 GiB a clip at paper scale)
+    temporal_context: str = "per_pixel"
+    gradient_checkpointing: bool = True  # recompute U-Net block activations in backward (paper scale needs it)
 
 
 @dataclass

@@ -81,7 +81,7 @@ def video_kwargs(cfg: DictConfig) -> dict:
     v = cfg.detokenizer.video
     kwargs = {k: section_kwargs(v)[k] for k in (
         "sigma_data", "sigma_min", "sigma_max", "p_mean", "p_std", "noise_aug", "fps", "motion_bucket_id",
-        "cond_dropout", "decode_chunk_size", "vae_dir",
+        "cond_dropout", "decode_chunk_size", "vae_dir", "temporal_context", "gradient_checkpointing",
     )}
     kwargs.update(
         frames=int(cfg.video.clip_frames),
@@ -105,6 +105,7 @@ def keyframe_kwargs(cfg: DictConfig, cond_dim: int) -> dict:
     k = cfg.detokenizer.keyframe
     kwargs = {name: section_kwargs(k)[name] for name in (
         "unet_dir", "vae_dir", "prediction_type", "beta_schedule", "num_train_timesteps", "cond_dropout",
+        "gradient_checkpointing",
     )}
     size = k.image_size
     if size is None:
