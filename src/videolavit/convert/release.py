@@ -145,12 +145,12 @@ def _convert_visual_tokenizer(release: Path, out: Path, options: dict) -> PartRe
                       eva_notes + notes, count + len(encoder) + len(decoder))
 
 
-UNDERSTANDING_WHY_NOT = ("its visual input, continuous token-merger features through vit_proj (visual_weight.bin), "
-                         "is not something this project feeds its LM (discrete visual ids only)")
+UNDERSTANDING_WHY_NOT = ("its visual input, continuous token-merger features through vit_proj (visual_weight.bin over "
+                         "the visual tokenizer's files), needs visual_weight.bin and visual_tokenizer/ in the release")
 
 
 def _convert_understanding_lm(release: Path, out: Path, options: dict) -> PartResult:
-    """Its Llama converts like the generation LM's; the visual tokenizer it embeds does not (UNDERSTANDING_WHY_NOT)."""
+    """Its Llama converts like the generation LM's; its visual input (merger + vit_proj) to ``visual_input/``."""
     from videolavit.convert.language_model import convert_language_model
 
     source, target = release / "language_model_sft", out / "understanding_lm"
@@ -158,8 +158,33 @@ def _convert_understanding_lm(release: Path, out: Path, options: dict) -> PartRe
     drop = ("model.visual_tokenizer.", "model.motion_tokenizer.")
     detail, notes, count = convert_language_model(source, target, writer=_write_atomically, drop_prefixes=drop)
     found = [str(p) for p in (source, source / "visual_weight.bin") if p.exists()]
-    detail = f"{detail}; not converted: {UNDERSTANDING_WHY_NOT}"
-    return PartResult("understanding_lm", "partial", found, str(target), detail, notes, count)
+    tokenizer_files = [release / "visual_tokenizer" / n for n in (ENCODER_FILE, DECODER_FILE)]
+    if not (source / "visual_weight.bin").is_file() or not all(p.is_file() for p in tokenizer_files):
+        return PartResult("understanding_lm", "partial", found, str(target),
+                          f"{detail}; not converted: {UNDERSTANDING_WHY_NOT}", notes, count)
+    if not (out / "eva_clip").is_dir():
+        _convert_visual_tokenizer(release, out, options)  # the EVA the visual input reads (also when --parts omits it)
+    from videolavit.convert.understanding import convert_visual_input
+
+    embedder, more = convert_visual_input(release, out, target, options)
+    _write_atomically(target / "visual_input", lambda tmp: _save_embedder(embedder, tmp, out / "eva_clip"))
+    found.append(str(release / "visual_tokenizer"))
+    detail = f"{detail}; visual input (understanding merger + vit_proj {embedder.vit_proj.in_features}->" \
+             f"{embedder.vit_proj.out_features}) -> {target / 'visual_input'}"
+    return PartResult("understanding_lm", "converted", found, str(target), detail, notes + more, count)
+
+
+def _save_embedder(embedder, tmp: Path, eva_dir: Path) -> None:
+    import json
+    import os
+
+    embedder.save_pretrained(tmp)
+    config_file = tmp / "tokenizer" / "config.json"
+    config = json.loads(config_file.read_text())
+    # relative to the final tokenizer folder (DIR/understanding_lm/visual_input/tokenizer), so DIR can move
+    final = tmp.parent / tmp.name.removeprefix(".").removesuffix(".partial") / "tokenizer"
+    config["teacher_path"] = os.path.relpath(eva_dir.resolve(), final.resolve())
+    config_file.write_text(json.dumps(config, indent=2))
 
 
 PARTS: tuple[Part, ...] = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 
 from videolavit.inference.constraints import TextOnlyLogitsProcessor, generate_text
@@ -89,3 +90,41 @@ def _generate_batch(model, prompts: list[list[int]], vocab: Vocab, max_new_token
     for row in out[:, length:].tolist():
         result.append(row[: row.index(eos)] if eos in row else row)
     return result
+
+
+@torch.no_grad()
+def answer_with_features(model, tokenizer, vocab: Vocab, embedder, media_ids_list, images_list, questions,
+                         max_new_tokens: int = 16, template="vicuna_v1") -> list[str]:
+    """Greedy text answers of an LM that reads continuous image features (the released understanding LM).
+
+    ``media_ids_list[i]``: the medium's ids (its ``[IMG] … [/IMG]`` spans are placeholders, motion spans stay ids);
+    ``images_list[i]``: uint8 [H, W, 3] images, one per image span in order; ``embedder``: a ``VisualEmbedder``.
+    """
+    from videolavit.models.understanding import embed_with_features
+
+    t = get_template(template) if isinstance(template, str) else template
+    prompts = question_prompts(tokenizer, vocab, media_ids_list, questions, t)
+    eos = int(tokenizer.eos_token_id)
+    text_only = TextOnlyLogitsProcessor(vocab)
+    device = next(model.parameters()).device
+    answers = []
+    was_training = model.training
+    model.eval()
+    try:
+        for prompt, images in zip(prompts, images_list):
+            has_images = images is not None and len(images) > 0
+            features = embedder(embedder.tokenizer.preprocess(np.stack(images))) if has_images else []
+            embeds = embed_with_features(model, prompt, features, vocab)
+            result = model(inputs_embeds=embeds[None], use_cache=True)
+            out: list[int] = []
+            while len(out) < max_new_tokens:
+                token = int(text_only(None, result.logits[:, -1]).argmax(-1))
+                if token == eos:
+                    break
+                out.append(token)
+                step = torch.tensor([[token]], device=device)
+                result = model(input_ids=step, past_key_values=result.past_key_values, use_cache=True)
+            answers.append(_clean_answer(tokenizer.decode(out, skip_special_tokens=True), t))
+    finally:
+        model.train(was_training)
+    return answers

@@ -589,6 +589,19 @@ class VisualTokenizer(nn.Module):
         codes = self.quantizer.encode(z)  # [B, N]; no codebook update
         return [codes[i][mask[i]] for i in range(len(mask))]
 
+    @torch.no_grad()
+    def encode_features(self, images: torch.Tensor, sample: bool = False) -> list[torch.Tensor]:
+        """images → the merger's continuous features of the kept patches, [k_i, width] per image (no quantization).
+
+        The released understanding LM reads these through its ``vit_proj`` instead of the codes
+        (models/understanding.py); the selection is the same as ``encode``'s.
+        """
+        self._check_images(images)
+        raw = self._teacher_features(images) if self.teacher is not None else self.encoder(images)
+        x, keep = self._merged_features(raw, images, sample)
+        mask = keep > 0
+        return [x[i][mask[i]] for i in range(len(mask))]
+
     def preprocess(self, images) -> torch.Tensor:
         """uint8 RGB [B, H, W, 3] or [H, W, 3] → float [B, 3, S, S] for this tokenizer."""
         return preprocess_images(images, self.image_size).to(self.queries.device)
