@@ -240,7 +240,7 @@ def test_missing_tokenizers_name_the_command_that_makes_them(tiny_cfg_factory, t
 
 
 def test_uniform_frame_positions():
-    from videolavit.stages.tokenize import frame_positions
+    from videolavit.inference.media_tokens import frame_positions
 
     assert frame_positions(3, 24, None) == [(0, 6), (0, 18), (1, 6), (1, 18), (2, 6), (2, 18)]  # 2 per clip
     assert frame_positions(1, 24, 4) == [(0, 3), (0, 9), (0, 15), (0, 21)]
