@@ -6,7 +6,10 @@ Merge order (later wins): schema defaults (the paper's values) → ``conf/base.y
 
 Each default has one home: a hyperparameter's paper value in its schema, its tiny CPU recipe in ``profile/tiny.yaml``;
 ``profile/paper.yaml`` only adds the cluster's hardware and data, so it never undoes a tiny value (tests/test_config.py).
-Every key is checked against the schema: an unknown key raises :class:`ConfigError` listing the valid keys there.
+Every key is checked against the schema: an unknown key raises :class:`ConfigError` listing the valid keys there (a
+``null`` in params.yaml included); every value against its field's type and range (``videolavit.constraints``: a
+schema field's default is written as ``at_least(1, 8)``, ``positive(1e-4)``, ...), NaN and unresolved ``${...}``
+interpolations rejected, each error naming the dotted key.
 """
 
 from __future__ import annotations
@@ -19,8 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from videolavit.constraints import (
+    at_least,
+    bounds,
+    check_values,
+    checked,
+    fraction,
+    positive,
+)
 from videolavit.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -73,35 +86,35 @@ class ComputeConfig:
 
     accelerator: str = "cpu"
     devices: Any = 1
-    num_nodes: int = 1
+    num_nodes: int = at_least(1, 1)
     strategy: str = "auto"
     precision: str = "32-true"
-    num_workers: int = 0
-    shuffle_buffer_bytes: int = 512 << 20  # decoded clip bytes a loader worker holds to shuffle
-    threads: Optional[int] = None  # torch.set_num_threads; None leaves torch's default
+    num_workers: int = at_least(0, 0)
+    shuffle_buffer_bytes: int = at_least(0, 512 << 20)  # decoded clip bytes a loader worker holds to shuffle
+    threads: Optional[int] = at_least(1, None)  # torch.set_num_threads; None leaves torch's default
 
 
 @dataclass
 class VideoConfig:
     """Decomposition contract (paper §1): 6 fps, MPEG-4 Part 2 re-encode, GOP 12, 24-frame clips, macroblock motion."""
 
-    fps: float = 6.0
-    clip_frames: int = 24
-    gop: int = 12
-    encode_width: int = 576  # multiple of 16: 576×320 has a 36×20 macroblock grid
-    encode_height: int = 320
-    bitrate: int = 8_000_000
-    motion_height: int = 20  # tokenizer input grid (paper: 20×36)
-    motion_width: int = 36
-    motion_std: list = field(default_factory=lambda: [0.0993703, 0.1130276])
-    motion_rescale: float = 10.0  # the official "rescale" path multiplies normalized motion by 10
-    keyframe_size: int = 224
+    fps: float = positive(6.0)
+    clip_frames: int = at_least(1, 24)
+    gop: int = at_least(1, 12)
+    encode_width: int = at_least(1, 576)  # multiple of 16: 576×320 has a 36×20 macroblock grid
+    encode_height: int = at_least(1, 320)
+    bitrate: int = at_least(1, 8_000_000)
+    motion_height: int = at_least(1, 20)  # tokenizer input grid (paper: 20×36)
+    motion_width: int = at_least(1, 36)
+    motion_std: list = field(default_factory=lambda: [0.0993703, 0.1130276], metadata=bounds(gt=0))
+    motion_rescale: float = positive(10.0)  # the official "rescale" path multiplies normalized motion by 10
+    keyframe_size: int = at_least(1, 224)
     clip_policy: str = "all"  # all | every_other | max
-    max_clips: Optional[int] = None  # clip_policy max or every_other: keep at most this many, uniformly spread
-    max_source_frames: Optional[int] = None  # stop decoding after this many source frames (None: whole video)
-    frames_height: int = 320  # size of the RGB clip frames kept for the video detokenizer (its training target)
-    frames_width: int = 576
-    threads: int = 1  # source decoder threads per video (0: one per core); the decompose stage runs videos in parallel
+    max_clips: Optional[int] = at_least(1, None)  # clip_policy max or every_other: keep at most this many, uniformly spread
+    max_source_frames: Optional[int] = at_least(1, None)  # stop decoding after this many source frames (None: whole video)
+    frames_height: int = at_least(1, 320)  # size of the RGB clip frames kept for the video detokenizer (its training target)
+    frames_width: int = at_least(1, 576)
+    threads: int = at_least(0, 1)  # source decoder threads per video (0: one per core); the decompose stage runs videos in parallel
     # Skip the source decoder's in-loop deblocking filter (H.264/HEVC) and allow its non-bit-exact shortcuts: lossy but
     # below the re-encode's own loss (benchmark 720p input at 576×320: 48.9 dB PSNR against the exact decode, while the
     # MPEG-4 re-encode is 35.2 dB against its input); off = exact. CPU on that input: 8-14% less in four of five
@@ -112,8 +125,8 @@ class VideoConfig:
     # Bounds on what the resampler makes of a source's timestamps (null: no bound); past one the video is a reject.
     # Not from the paper, whose clips are seconds long: a frame held 50 s at 6 fps, or an hour in all, means broken
     # timestamps (a 60-frame file with 1-hour gaps became 50 K identical clips and exhausted memory), not footage.
-    max_frames_per_source_frame: Optional[int] = 300
-    max_span_seconds: Optional[float] = 3600.0
+    max_frames_per_source_frame: Optional[int] = at_least(1, 300)
+    max_span_seconds: Optional[float] = positive(3600.0)
 
 
 @dataclass
@@ -122,36 +135,36 @@ class CorpusConfig:
 
     source: str = "synthetic"  # synthetic | webvid | msrvtt | msvd_qa | msrvtt_qa | llava | videochatgpt
     seed: int = 0
-    train_videos: int = 96
-    val_videos: int = 16
-    test_videos: int = 16
-    images: int = 64
-    width: int = 256
-    height: int = 160
-    fps: float = 12.0  # source frame rate; deliberately not 6 so resampling is exercised
-    min_clips: int = 1
-    max_clips: int = 3
-    heldout_pairs: int = 4  # (shape, color) pairs seen only in the test split
-    workers: int = 1  # processes rendering the synthetic corpus (output is identical for any count)
+    train_videos: int = at_least(0, 96)
+    val_videos: int = at_least(0, 16)
+    test_videos: int = at_least(0, 16)
+    images: int = at_least(0, 64)
+    width: int = at_least(1, 256)
+    height: int = at_least(1, 160)
+    fps: float = positive(12.0)  # source frame rate; deliberately not 6 so resampling is exercised
+    min_clips: int = at_least(1, 1)
+    max_clips: int = at_least(1, 3)
+    heldout_pairs: int = at_least(0, 4)  # (shape, color) pairs seen only in the test split
+    workers: int = at_least(0, 1)  # processes rendering the synthetic corpus (output is identical for any count)
     import_path: Optional[str] = None  # annotation file of a real dataset (CSV or JSON)
     media_dir: Optional[str] = None  # where the real dataset's videos/images are
     import_split: Optional[str] = None  # split an imported file fills; None: its own split field, file name, or default
-    val_fraction: float = 0.0  # imported data without a val split: move this seeded fraction of train to val
+    val_fraction: float = checked(0.0, ge=0, lt=1)  # imported data without a val split: move this seeded fraction of train to val
 
 
 @dataclass
 class DecomposeConfig:
     """The decompose stage: corpus videos → WebDataset clip shards, stats.json, rejects.jsonl."""
 
-    workers: int = 2  # worker processes (0: decompose in the stage's own process, no dead-worker detection)
-    videos_per_shard: int = 64  # videos per output tar (~4 clips each on WebVid: ~300 MB tars at ~1.2 MB a clip)
-    max_reject_ratio: float = 0.2
+    workers: int = at_least(0, 2)  # worker processes (0: decompose in the stage's own process, no dead-worker detection)
+    videos_per_shard: int = at_least(1, 64)  # videos per output tar (~4 clips each on WebVid: ~300 MB tars at ~1.2 MB a clip)
+    max_reject_ratio: float = fraction(0.2)
     shard: str = "0/1"  # i/n: this process handles the i-th of n byte ranges of each split's manifest
     # Clip frames as H.264 (x264 veryfast, CRF frame_crf, 4:4:4), motion as float16: 1.23 MB a paper-profile clip of
     # textured 720p footage instead of 13.57 MB raw, decoded frames 35.6 dB PSNR against the raw ones, motion within
     # 4e-3 (std 0.7); CRF 14: 1.62 MB, 37.1 dB; 18: 0.90 MB, 34.2 dB (benchmarks/data_scale.py clips). ffv1: lossless.
     frame_codec: str = "h264"  # npy (raw) | ffv1 (lossless) | h264
-    frame_crf: int = 16
+    frame_crf: int = checked(16, ge=0, le=51)
     motion_dtype: str = "float16"  # float32 | float16
 
 
@@ -272,7 +285,11 @@ def parse_overrides(overrides: Iterable[str]) -> dict:
         key = key.strip().lstrip("+")
         if not key:
             raise ConfigError(f"override '{item}' has an empty key")
-        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"]), resolve=False)
+        try:
+            parsed = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={value}"]), resolve=False)
+        except (yaml.YAMLError, OmegaConfBaseException) as exc:  # yaml's ParserError on e.g. `max_steps=[1,2`
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ConfigError(f"override '{item}': the value of '{key}' is not valid YAML ({first})") from None
         out = OmegaConf.to_container(OmegaConf.merge(out, parsed), resolve=False)
     return out
 
@@ -307,6 +324,7 @@ def load_config(
     profile_path = Path(str(profile)) if Path(str(profile)).is_file() else CONF_DIR / "profile" / f"{profile}.yaml"
     cfg = _merge(cfg, _read_yaml(profile_path), f"profile '{profile}'")
     if params:
+        _check_keys(cfg, params, str(params_file))  # before dropping nulls: a typo'd key set to null is still a typo
         params = _drop_nulls(dict(params))
         params.pop("profile", None)  # the profile was chosen above; params must not silently switch it
         cfg = _merge(cfg, params, str(params_file))
@@ -316,6 +334,7 @@ def load_config(
     cfg.profile = str(profile)
     cfg.stage = stage
     OmegaConf.set_struct(cfg, True)
+    check_values(cfg)
     return cfg
 
 
@@ -325,6 +344,7 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str], source: str = "ov
     OmegaConf.set_struct(merged, True)
     merged = _merge(merged, parse_overrides(overrides), source)
     OmegaConf.set_struct(merged, True)
+    check_values(merged)
     return merged
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from videolavit.config import register_section
+from videolavit.constraints import at_least, bounds, fraction, positive
 from videolavit.schemas.sections import OptimConfig, TrainLoopConfig
 
 
@@ -34,14 +35,14 @@ class KeyframeUNetConfig:
 class KeyframeDetokenizerConfig:
     """g_I (models/keyframe_detokenizer.py): DDPM U-Net conditioned on the visual tokenizer's decoded features."""
 
-    image_size: Optional[list] = None  # [H, W]; None: the video detokenizer's size
+    image_size: Optional[list] = field(default=None, metadata=bounds(ge=1))  # [H, W]; None: the video detokenizer's size
     unet: KeyframeUNetConfig = field(default_factory=KeyframeUNetConfig)
     unet_dir: Optional[str] = None  # a local SD/SDXL U-Net (diffusers folder) to start from
     vae_dir: Optional[str] = None  # a local diffusers AutoencoderKL: latent diffusion; None: pixel space
     prediction_type: str = "epsilon"  # epsilon | v_prediction
     beta_schedule: str = "scaled_linear"  # SD/SDXL's schedule, so SDXL weights start where they were trained
-    num_train_timesteps: int = 1000
-    cond_dropout: float = 0.1  # classifier-free guidance: the condition is zeroed with this probability
+    num_train_timesteps: int = at_least(1, 1000)
+    cond_dropout: float = fraction(0.1)  # classifier-free guidance: the condition is zeroed with this probability
     gradient_checkpointing: bool = True  # recompute U-Net block activations in backward (paper scale needs it)
 
 
@@ -69,11 +70,11 @@ class VideoUNetConfig:
 class MotionEncoderConfig:
     """The EMC motion feature encoder (models/motion_condition.py); defaults are the official 16×16 / 512 / 12 / 8."""
 
-    grid: list = field(default_factory=lambda: [16, 16])
-    dim: int = 512
-    depth: int = 12
-    heads: int = 8
-    mlp_ratio: float = 4.0
+    grid: list = field(default_factory=lambda: [16, 16], metadata=bounds(ge=1))
+    dim: int = at_least(1, 512)
+    depth: int = at_least(1, 12)
+    heads: int = at_least(1, 8)
+    mlp_ratio: float = positive(4.0)
     temporal_embedding: bool = True
 
 
@@ -81,22 +82,22 @@ class MotionEncoderConfig:
 class VideoDetokenizerConfig:
     """g_V (models/video_detokenizer.py): SVD-shaped spatio-temporal U-Net with EMC, EDM training."""
 
-    height: Optional[int] = None  # None: video.frames_height (the clips' frames)
-    width: Optional[int] = None  # None: video.frames_width
+    height: Optional[int] = at_least(1, None)  # None: video.frames_height (the clips' frames)
+    width: Optional[int] = at_least(1, None)  # None: video.frames_width
     unet: VideoUNetConfig = field(default_factory=VideoUNetConfig)
     motion_encoder: MotionEncoderConfig = field(default_factory=MotionEncoderConfig)
     svd_dir: Optional[str] = None  # a local SVD img2vid(-xt) diffusers folder to initialise the U-Net from (paper A.1)
     vae_dir: Optional[str] = None  # a local diffusers VAE (SVD's AutoencoderKLTemporalDecoder); None: pixel space
-    sigma_data: float = 1.0
-    sigma_min: float = 0.002
-    sigma_max: float = 700.0
+    sigma_data: float = positive(1.0)
+    sigma_min: float = positive(0.002)
+    sigma_max: float = positive(700.0)
     p_mean: float = 1.0  # ln σ ~ N(p_mean, p_std²) in training (paper A.1)
-    p_std: float = 1.2
-    noise_aug: float = 0.02
-    fps: int = 6
-    motion_bucket_id: int = 127
-    cond_dropout: float = 0.1
-    decode_chunk_size: int = 8
+    p_std: float = positive(1.2)
+    noise_aug: float = at_least(0, 0.02)
+    fps: int = at_least(1, 6)
+    motion_bucket_id: int = at_least(0, 127)
+    cond_dropout: float = fraction(0.1)
+    decode_chunk_size: int = at_least(1, 8)
     keyframe_skip: bool = False  # diffuse the clip minus its keyframe
     motion_warp: bool = False  # with keyframe_skip: minus the keyframe carried along the motion field instead
     # per_pixel (official): each pixel's temporal cross-attention reads the T motion features at its position;
@@ -110,13 +111,13 @@ class DetokenizerEvalConfig:
     """Sample-based metrics on held-out clips after training (val/keyframe_psnr, val/video_psnr, ...)."""
 
     split: str = "val"
-    clips: int = 32  # the first N clips of the split (each sampled twice: motion tokens and true motion)
-    batch_size: int = 4
-    keyframe_steps: int = 50
-    keyframe_guidance: float = 3.0
-    video_steps: int = 25
-    video_guidance: float = 3.0  # the last frame's CFG (rising linearly from 1.0 over the clip)
-    sample_clips: int = 4  # clips drawn in the GIF / MP4 artifact
+    clips: int = at_least(0, 32)  # the first N clips of the split (each sampled twice: motion tokens and true motion)
+    batch_size: int = at_least(1, 4)
+    keyframe_steps: int = at_least(1, 50)
+    keyframe_guidance: float = at_least(0, 3.0)
+    video_steps: int = at_least(1, 25)
+    video_guidance: float = at_least(0, 3.0)  # the last frame's CFG (rising linearly from 1.0 over the clip)
+    sample_clips: int = at_least(0, 4)  # clips drawn in the GIF / MP4 artifact
 
 
 @dataclass
@@ -127,7 +128,7 @@ class DetokenizerStageConfig:
     condition_motion: str = "true"  # motion the video detokenizer trains on: true (the field) | tokens (its tokenizer round trip)
     visual_tokenizer_path: Optional[str] = None  # None: <paths.models>/visual_tokenizer
     motion_tokenizer_path: Optional[str] = None  # None: <paths.models>/motion_tokenizer
-    keyframe_lr: Optional[float] = None  # None: optim.lr
+    keyframe_lr: Optional[float] = positive(None)  # None: optim.lr
     # true: no vae_dir / svd_dir is fine (pixel-space, random U-Nets); false: each missing one is an error
     from_scratch: bool = False
     keyframe: KeyframeDetokenizerConfig = field(default_factory=KeyframeDetokenizerConfig)

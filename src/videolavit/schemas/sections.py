@@ -3,64 +3,67 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Optional
 
 from videolavit.config import register_section
+from videolavit.constraints import at_least, bounds, checked, fraction, positive
 
 
 @dataclass
 class OptimConfig:
     """AdamW + cosine schedule with linear warm-up (paper Table 8 style)."""
 
-    lr: float = 1e-4
-    betas: list = field(default_factory=lambda: [0.9, 0.99])
-    eps: float = 1e-6
-    weight_decay: float = 0.001
-    warmup_steps: int = 5000
-    grad_clip: float = 1.0
+    lr: float = positive(1e-4)
+    betas: list = field(default_factory=lambda: [0.9, 0.99], metadata=bounds(ge=0, lt=1))
+    eps: float = positive(1e-6)
+    weight_decay: float = at_least(0, 0.001)
+    warmup_steps: int = at_least(0, 5000)
+    grad_clip: float = at_least(0, 1.0)
 
 
 @dataclass
 class TrainLoopConfig:
     """Steps, batches and checkpointing of one training stage."""
 
-    max_steps: int = 100_000
-    batch_size: int = 8
-    val_every_n_steps: int = 1000
-    val_batches: Optional[int] = None  # limit validation batches (None: all)
-    log_every_n_steps: int = 10
-    checkpoint_every_n_steps: int = 1000
+    # optimizer steps; 0 = no training (e.g. measure an imported model on one's clips). There is no "until stopped":
+    # Lightning's -1 is rejected, a run always has an end that the LR schedule and the checkpoints are laid out for
+    max_steps: int = at_least(0, 100_000, why="0: no training; Lightning's -1, 'until stopped', is not a run length here")
+    batch_size: int = at_least(1, 8)
+    val_every_n_steps: int = at_least(1, 1000)
+    val_batches: Optional[int] = at_least(0, None)  # limit validation batches (None: all)
+    log_every_n_steps: int = at_least(1, 10)
+    checkpoint_every_n_steps: int = at_least(1, 1000)
     resume: str = "never"  # never | auto (continue from runs/<stage>/last.ckpt when it exists) | a path
     strategy: Optional[str] = None  # None: compute.strategy
     precision: Optional[str] = None  # None: compute.precision
     # Samples per optimizer step over all processes (the paper's); the launcher gives the process count and
     # accumulation = global_batch / (batch_size × world size) (training/topology.py). None: accumulate_grad_batches
-    global_batch: Optional[int] = None
-    accumulate_grad_batches: Optional[int] = None  # batches per optimizer step; None: derived from global_batch, or 1
+    global_batch: Optional[int] = at_least(1, None)
+    accumulate_grad_batches: Optional[int] = at_least(1, None)  # batches per optimizer step; None: derived from global_batch, or 1
 
 
 @dataclass
 class MotionTokenizerModelConfig:
     """Spatiotemporal transformer VQ-VAE over motion fields [B, 2, T, H, W] (paper §3.1, A.1)."""
 
-    in_channels: int = 2
-    frames: int = 24
-    height: int = 20
-    width: int = 36
-    dim: int = 512
-    depth: int = 12
-    heads: int = 8
-    mlp_ratio: float = 4.0
-    downsample_after: list = field(default_factory=lambda: [3, 6, 9, 12])
-    downsample_strides: list = field(default_factory=lambda: [[1, 2, 2], [2, 1, 1], [2, 1, 1], [2, 2, 2]])
-    code_dim: int = 32
-    codebook_size: int = 1024
-    ema_decay: float = 0.995
+    in_channels: int = at_least(1, 2)
+    frames: int = at_least(1, 24)
+    height: int = at_least(1, 20)
+    width: int = at_least(1, 36)
+    dim: int = at_least(1, 512)
+    depth: int = at_least(1, 12)
+    heads: int = at_least(1, 8)
+    mlp_ratio: float = positive(4.0)
+    downsample_after: list = field(default_factory=lambda: [3, 6, 9, 12], metadata=bounds(ge=0))
+    downsample_strides: list = field(default_factory=lambda: [[1, 2, 2], [2, 1, 1], [2, 1, 1], [2, 2, 2]], metadata=bounds(ge=1))
+    code_dim: int = at_least(1, 32)
+    codebook_size: int = at_least(1, 1024)
+    ema_decay: float = fraction(0.995)
     kmeans_init: bool = True
     # EMA uses per step below which a code restarts; keep ≪ batch·tokens/codebook. Not in the paper: 8 clips × 135
     # tokens per device step over 1024 codes is ~1 use per code, so 2.0 would restart nearly every code every step.
-    dead_code_threshold: float = 0.1
-    commitment_weight: float = 0.25
+    dead_code_threshold: float = at_least(0, 0.1)
+    commitment_weight: float = at_least(0, 0.25)
     attention: str = "factorized"  # factorized (paper: spatial then temporal) | joint (one attention over T·H·W)
 
 
@@ -85,27 +88,27 @@ register_section("motion_tokenizer", MotionTokenizerStageConfig)
 class EvaluatorClassifierConfig:
     """The corpus video classifier: one head per attribute; its penultimate features are the corpus FVD extractor."""
 
-    input_size: Optional[list] = field(default_factory=lambda: [160, 288])  # [H, W]; None: the clip frames' size
-    patch: int = 8  # stem patch (px): 3 frames × patch × patch per stem position
-    channels: list = field(default_factory=lambda: [64, 128, 256, 512])
-    feature_dim: int = 256  # FVD feature size
-    dropout: float = 0.1
+    input_size: Optional[list] = field(default_factory=lambda: [160, 288], metadata=bounds(ge=1))  # [H, W]; None: the clip frames' size
+    patch: int = at_least(1, 8)  # stem patch (px): 3 frames × patch × patch per stem position
+    channels: list = field(default_factory=lambda: [64, 128, 256, 512], metadata=bounds(ge=1))
+    feature_dim: int = at_least(1, 256)  # FVD feature size
+    dropout: float = fraction(0.1)
 
 
 @dataclass
 class EvaluatorCLIPConfig:
     """The corpus CLIP: word-level text transformer + frame encoder, contrastive (CLIPSIM proxy)."""
 
-    image_size: Optional[list] = field(default_factory=lambda: [160, 288])  # None: [video.frames_height, frames_width]
-    patch: int = 8
-    image_channels: list = field(default_factory=lambda: [64, 128, 256, 512])
-    embed_dim: int = 256
-    text_dim: int = 256
-    text_layers: int = 4
-    text_heads: int = 8
-    max_words: int = 77
-    min_word_count: int = 5  # words rarer than this in the train captions become <unk>
-    eval_frames: int = 4  # frames per clip averaged into the clip embedding for validation retrieval
+    image_size: Optional[list] = field(default_factory=lambda: [160, 288], metadata=bounds(ge=1))  # None: [video.frames_height, frames_width]
+    patch: int = at_least(1, 8)
+    image_channels: list = field(default_factory=lambda: [64, 128, 256, 512], metadata=bounds(ge=1))
+    embed_dim: int = at_least(1, 256)
+    text_dim: int = at_least(1, 256)
+    text_layers: int = at_least(1, 4)
+    text_heads: int = at_least(1, 8)
+    max_words: int = at_least(1, 77)
+    min_word_count: int = at_least(0, 5)  # words rarer than this in the train captions become <unk>
+    eval_frames: int = at_least(1, 4)  # frames per clip averaged into the clip embedding for validation retrieval
 
 
 @dataclass
@@ -130,7 +133,7 @@ class ReportStageConfig:
     curve_stages: list = field(
         default_factory=lambda: ["motion_tokenizer", "visual_tokenizer", "detokenizer", "pretrain", "instruct", "evaluators"]
     )
-    max_curve_panels: int = 6  # metrics drawn per stage figure (train/loss first, then val/*)
+    max_curve_panels: int = at_least(1, 6)  # metrics drawn per stage figure (train/loss first, then val/*)
 
 
 register_section("report", ReportStageConfig)
@@ -143,13 +146,13 @@ class LMArchitectureConfig:
     Llama-2-7B's shapes: used when building without a checkpoint (e.g. on meta for ``videolavit plan``)."""
 
     model_type: str = "llama"
-    hidden_size: int = 4096
-    num_hidden_layers: int = 32
-    num_attention_heads: int = 32
-    num_key_value_heads: Optional[int] = 32  # None: = num_attention_heads
-    intermediate_size: int = 11008
-    max_position_embeddings: int = 4096
-    rms_norm_eps: float = 1e-5
+    hidden_size: int = at_least(1, 4096)
+    num_hidden_layers: int = at_least(1, 32)
+    num_attention_heads: int = at_least(1, 32)
+    num_key_value_heads: Optional[int] = at_least(1, 32)  # None: = num_attention_heads
+    intermediate_size: int = at_least(1, 11008)
+    max_position_embeddings: int = at_least(1, 4096)
+    rms_norm_eps: float = positive(1e-5)
     hidden_act: str = "silu"
     tie_word_embeddings: bool = False
     attn_implementation: Optional[str] = None  # sdpa | eager | flash_attention_2; None: transformers' default
@@ -165,21 +168,21 @@ class LMModelConfig:
     # float32 | bfloat16 | float16; None: the checkpoint's / float32. Paper: fp32 master weights sharded by FSDP,
     # compute in bf16 (precision bf16-mixed)
     dtype: Optional[str] = "float32"
-    noise_scale: float = 0.01  # new rows at the mean of Llama's rows (+ small noise): text predictions barely move
+    noise_scale: float = at_least(0, 0.01)  # new rows at the mean of Llama's rows (+ small noise): text predictions barely move
 
 
 @dataclass
 class LMGenerateConfig:
     """Decoding settings of generation (text→video, image→video) and QA answers."""
 
-    image_tokens: list = field(default_factory=lambda: [1, 64])  # [min, max] visual codes of a generated keyframe
-    temperature: float = 1.0
-    top_k: Optional[int] = 50
-    top_p: Optional[float] = None
-    guidance_scale: Optional[float] = 4.0
-    motion_temperature: float = 0.0  # the official motion decoding is greedy
-    motion_guidance_scale: Optional[float] = 7.0
-    max_answer_tokens: int = 16
+    image_tokens: list = field(default_factory=lambda: [1, 64], metadata=bounds(ge=1))  # [min, max] visual codes of a generated keyframe
+    temperature: float = at_least(0, 1.0)
+    top_k: Optional[int] = at_least(0, 50)
+    top_p: Optional[float] = checked(None, gt=0, le=1)
+    guidance_scale: Optional[float] = at_least(0, 4.0)
+    motion_temperature: float = at_least(0, 0.0)  # the official motion decoding is greedy
+    motion_guidance_scale: Optional[float] = at_least(0, 7.0)
+    max_answer_tokens: int = at_least(1, 16)
 
 
 @dataclass
@@ -198,7 +201,7 @@ class LMConfig:
     """The unified language model shared by pretrain, instruct, evaluate and generate."""
 
     model: LMModelConfig = field(default_factory=LMModelConfig)
-    seq_len: int = 2048
+    seq_len: int = at_least(1, 2048)
     template: str = "vicuna_v1"  # vicuna_v1 | video_lavit_released (the released SFT weights' literal "\n")
     video_input: str = "media"  # media: keyframe + motion per clip | frames_media: frames only (no-motion ablation)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
@@ -212,8 +215,8 @@ register_section("lm", LMConfig)
 class LMOptimConfig(OptimConfig):
     """AdamW + cosine; ``lr_other`` is the LR of the embedding and output head, which hold the new multimodal rows."""
 
-    lr_other: Optional[float] = None  # None: lr
-    min_lr_ratio: float = 0.0  # the cosine ends at min_lr_ratio × peak
+    lr_other: Optional[float] = positive(None)  # None: lr
+    min_lr_ratio: float = fraction(0.0)  # the cosine ends at min_lr_ratio × peak
 
 
 @dataclass
@@ -225,10 +228,10 @@ class LMTrainLoopConfig(TrainLoopConfig):
 class PretrainMixConfig:
     """Relative sampling weights of the pretraining sources (normalized; a source without data is skipped)."""
 
-    video_text: float = 0.6
-    image_text: float = 0.25
-    text: float = 0.15  # text-only: pretrain.text_files when given, else the corpus captions alone
-    qa: float = 0.0  # media + one question/answer turn in the conversation template
+    video_text: float = at_least(0, 0.6)
+    image_text: float = at_least(0, 0.25)
+    text: float = at_least(0, 0.15)  # text-only: pretrain.text_files when given, else the corpus captions alone
+    qa: float = at_least(0, 0.0)  # media + one question/answer turn in the conversation template
 
 
 @dataclass
@@ -238,7 +241,7 @@ class PretrainStageConfig:
     mix: PretrainMixConfig = field(default_factory=PretrainMixConfig)
     both_orders: bool = True  # each pair as [media, caption] and as [caption, media]
     text_files: list = field(default_factory=list)  # local .txt (blank-line separated) or .jsonl {"text"} files
-    pack_lookahead: int = 64  # pending samples the packer searches for one that fills a window's rest
+    pack_lookahead: int = at_least(1, 64)  # pending samples the packer searches for one that fills a window's rest
     # [P T8] "Language Model" column; mixture ratios are not published
     optim: LMOptimConfig = field(
         default_factory=lambda: LMOptimConfig(lr=2e-5, lr_other=5e-5, betas=[0.9, 0.95], weight_decay=0.1, warmup_steps=2000)
@@ -260,9 +263,9 @@ class InstructEvalConfig:
     """Held-out QA after instruction tuning: greedy answers, exact match by question type."""
 
     split: str = "test"
-    max_questions: Optional[int] = None  # None: all; else a seeded sample stratified by type
-    batch_size: int = 32
-    max_new_tokens: int = 8
+    max_questions: Optional[int] = at_least(1, None)  # None: all; else a seeded sample stratified by type
+    batch_size: int = at_least(1, 32)
+    max_new_tokens: int = at_least(1, 8)
 
 
 @dataclass
@@ -270,7 +273,7 @@ class InstructStageConfig:
     """Instruction tuning (paper §3.3, LLaVA-v1.5 recipe): Vicuna-v1 conversations, loss on answers only."""
 
     init_from: Optional[str] = None  # None: <paths.models>/lm_pretrain
-    turns_per_conversation: int = 1  # >1: a medium's single-turn QA are merged into multi-turn dialogues (LLaVA)
+    turns_per_conversation: int = at_least(1, 1)  # >1: a medium's single-turn QA are merged into multi-turn dialogues (LLaVA)
     pack: bool = False  # concatenate conversations into rows of lm.seq_len (no padding; rows attend across them)
     # "the same instruction tuning setting as LLaVA v1.5" [P A.3]: 1 epoch of 765K conversations, batch 128, warm-up
     # ratio 0.03 of 5977 steps
@@ -296,37 +299,37 @@ register_section("instruct", InstructStageConfig)
 class VisualTokenizerModelConfig:
     """LaVIT dynamic visual tokenizer (paper §3.1, LaVIT): ViT (or a frozen local teacher), selector, merger, VQ."""
 
-    image_size: Optional[int] = 224  # None: video.keyframe_size (the keyframes are stored at the tokenizer input)
-    patch_size: int = 14
-    width: int = 1408
-    depth: int = 40
-    heads: int = 16
-    mlp_ratio: float = 4.3637
-    merger_depth: int = 12
+    image_size: Optional[int] = at_least(1, 224)  # None: video.keyframe_size (the keyframes are stored at the tokenizer input)
+    patch_size: int = at_least(1, 14)
+    width: int = at_least(1, 1408)
+    depth: int = at_least(1, 40)
+    heads: int = at_least(1, 16)
+    mlp_ratio: float = positive(4.3637)
+    merger_depth: int = at_least(0, 12)
     merger_causal: bool = True
-    decoder_width: Optional[int] = None  # None: width
-    decoder_depth: int = 12
-    decoder_heads: Optional[int] = None  # None: heads
-    code_dim: int = 32
-    codebook_size: int = 16384
-    ema_decay: float = 0.995
+    decoder_width: Optional[int] = at_least(1, None)  # None: width
+    decoder_depth: int = at_least(1, 12)
+    decoder_heads: Optional[int] = at_least(1, None)  # None: heads
+    code_dim: int = at_least(1, 32)
+    codebook_size: int = at_least(1, 16384)
+    ema_decay: float = fraction(0.995)
     kmeans_init: bool = True
-    dead_code_threshold: float = 2.0
-    commitment_weight: float = 0.25
-    keep_ratio: float = 0.3333333333333333  # ρ: mean fraction of patches kept (LaVIT: 1/3 → ~85 of 256)
-    keep_weight: float = 2.0
-    gumbel_tau: float = 1.0
+    dead_code_threshold: float = at_least(0, 2.0)
+    commitment_weight: float = at_least(0, 0.25)
+    keep_ratio: float = checked(0.3333333333333333, gt=0, le=1)  # ρ: mean fraction of patches kept (LaVIT: 1/3 → ~85 of 256)
+    keep_weight: float = at_least(0, 2.0)
+    gumbel_tau: float = positive(1.0)
     # gumbel (LaVIT's released code: the keep mask sampled at inference too) | expected | threshold | topk (deterministic)
     selection: str = "gumbel"
     train_selection: str = "gumbel"  # gumbel (LaVIT: sampled mask) | deterministic (inference choice, straight-through)
     rec_loss: str = "auto"  # auto (cosine to a teacher, MSE to pixels) | cosine | mse
     teacher_path: Optional[str] = None  # a local transformers vision model (EVA-CLIP / CLIP); None: pixel target
     saliency_prior: float = 0.0  # + this × z-scored distance of a patch's mean colour from the image's, on its keep logit
-    token_loss_weight: float = 0.0  # each kept token's code rebuilds its own patch (token_head); 0: LaVIT's loss alone
-    pixel_target_size: Optional[int] = None  # pixel target: each patch average-pooled to s×s (1: its mean colour); None: full
+    token_loss_weight: float = at_least(0, 0.0)  # each kept token's code rebuilds its own patch (token_head); 0: LaVIT's loss alone
+    pixel_target_size: Optional[int] = at_least(1, None)  # pixel target: each patch average-pooled to s×s (1: its mean colour); None: full
     # The released LaVIT's architecture (what import-official's weights need; models/visual_tokenizer.py):
     vit_cls_token: bool = True  # EVA-CLIP's CLS token at position 0 (its output dropped); false: patches only
-    vit_norm_eps: float = 1e-6  # EVA-CLIP's LayerNorm eps in the ViT
+    vit_norm_eps: float = positive(1e-6)  # EVA-CLIP's LayerNorm eps in the ViT
     merger: str = "official"  # official (residual stream from the raw ViT features) | ours (from ln_vision of them)
     decoder_head: str = "mlp"  # mlp (the release's Linear–Tanh–Linear) | linear
 
@@ -337,7 +340,7 @@ class VisualTokenizerStageConfig:
 
     keyframes: bool = True  # train on the train clips' keyframes
     images: bool = True  # train on the corpus train images
-    sample_images: int = 6  # images drawn in each validation figure (kept patches, reconstruction)
+    sample_images: int = at_least(0, 6)  # images drawn in each validation figure (kept patches, reconstruction)
     from_scratch: bool = False  # true: no model.teacher_path is fine (pixel targets); false: it is an error
     model: VisualTokenizerModelConfig = field(default_factory=VisualTokenizerModelConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(warmup_steps=2000))
@@ -357,16 +360,16 @@ class TokenizeStageConfig:
     """The tokenize stage: every corpus sample → unified-vocabulary ids in token shards (data/tokens.py)."""
 
     text_tokenizer_path: Optional[str] = None  # a local pretrained tokenizer (Llama-2's); None: BPE on the corpus
-    text_vocab_size: int = 32000  # BPE only
-    text_min_frequency: int = 2  # BPE only
-    text_size_multiple: int = 64  # vocab text_size = len(text tokenizer) rounded up to this (Llama-2: 32000 stays)
+    text_vocab_size: int = at_least(1, 32000)  # BPE only
+    text_min_frequency: int = at_least(0, 2)  # BPE only
+    text_size_multiple: int = at_least(1, 64)  # vocab text_size = len(text tokenizer) rounded up to this (Llama-2: 32000 stays)
     visual_tokenizer_path: Optional[str] = None  # None: <paths.models>/visual_tokenizer
     motion_tokenizer_path: Optional[str] = None  # None: <paths.models>/motion_tokenizer
-    ablation_frames: Optional[int] = 16  # frames per video in frames_media ("w/o motion" [P T6]); None: 2 per clip
+    ablation_frames: Optional[int] = at_least(1, 16)  # frames per video in frames_media ("w/o motion" [P T6]); None: 2 per clip
     baseline_split: str = "val"  # clips the per-frame token baseline is measured on
-    baseline_clips: Optional[int] = 1000  # at most this many of them (None: all)
-    batch_size: int = 64  # clips (or images) per tokenizer forward
-    records_per_shard: int = 10_000
+    baseline_clips: Optional[int] = at_least(0, 1000)  # at most this many of them (None: all)
+    batch_size: int = at_least(1, 64)  # clips (or images) per tokenizer forward
+    records_per_shard: int = at_least(1, 10_000)
     shard: Optional[str] = None  # 'i/n': this process tokenizes units i, i+n, … (data/token_parts.py); None: all
     merge: bool = False  # only merge the parts of a sharded run into the token shards
 
@@ -381,16 +384,16 @@ class GenerateConfig:
     task: str = "text_to_video"  # text_to_video | image_to_video | qa
     image: Optional[str] = None  # image_to_video: the first frame (an image file)
     media: Optional[str] = None  # qa: the image or video file the question is about
-    clips: int = 1  # > 1: a long video, clip after clip with the token history as the prompt
+    clips: int = at_least(1, 1)  # > 1: a long video, clip after clip with the token history as the prompt
     lm_path: Optional[str] = None  # None: <paths.models>/lm_pretrain (generation) or lm_instruct (qa)
     detokenizer_path: Optional[str] = None  # None: <paths.models>/detokenizer (keyframe/ and video/)
-    keyframe_steps: int = 50  # DDIM steps of the keyframe detokenizer
-    keyframe_guidance: float = 7.0  # its CFG against a zero condition (official notebooks: 7.0)
-    video_steps: int = 25  # Euler steps of the video detokenizer
-    video_guidance: float = 4.0  # the last frame's CFG (rising linearly from 1.0 over the clip)
+    keyframe_steps: int = at_least(1, 50)  # DDIM steps of the keyframe detokenizer
+    keyframe_guidance: float = at_least(0, 7.0)  # its CFG against a zero condition (official notebooks: 7.0)
+    video_steps: int = at_least(1, 25)  # Euler steps of the video detokenizer
+    video_guidance: float = at_least(0, 4.0)  # the last frame's CFG (rising linearly from 1.0 over the clip)
     noise_constraint: str = "ddim_inversion"  # ddim_inversion (paper Eq. 4) | add_noise (official code) | none
-    inverse_rate: float = 0.85  # later keyframes resume at timestep index int(rate × keyframe_steps)
-    fps: Optional[float] = None  # of the written video; None: video.fps
+    inverse_rate: float = fraction(0.85)  # later keyframes resume at timestep index int(rate × keyframe_steps)
+    fps: Optional[float] = positive(None)  # of the written video; None: video.fps
     gif: bool = True  # write a GIF beside the MP4
     seed: Optional[int] = None  # None: the top-level seed
 
