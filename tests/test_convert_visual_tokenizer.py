@@ -15,7 +15,8 @@ import torch
 from fixtures.released_weights import VISUAL_SMALL, visual_input_small, visual_states_small
 from videolavit.convert.release import import_release
 from videolavit.errors import ReleaseFormatError
-from videolavit.models.visual_tokenizer import VisionEncoder, VisualTokenizer
+from videolavit.models.vision_encoder import VisionEncoder
+from videolavit.models.visual_tokenizer import VisualTokenizer
 
 GOLDEN = json.loads((Path(__file__).parent / "fixtures" / "goldens" / "visual_tokenizer_small.json").read_text())
 HEADS = dict(eva_heads=VISUAL_SMALL["heads"], visual_heads=VISUAL_SMALL["heads"],

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from videolavit.errors import ConfigError, MissingArtifactError
 from videolavit.models.blocks import count_parameters
-from videolavit.models.visual_tokenizer import CLIP_MEAN, CLIP_STD, VisualTokenizer
+from videolavit.models.vision_encoder import CLIP_MEAN, CLIP_STD
+from videolavit.models.visual_tokenizer import VisualTokenizer
 
 TINY = dict(
     image_size=64, patch_size=8, width=64, depth=2, heads=4, mlp_ratio=4.0,

@@ -15,7 +15,8 @@ from videolavit.data.images import read_image, resize_images
 from videolavit.data.manifest import Sample, write_manifest
 from videolavit.data.shards import ClipShardWriter
 from videolavit.errors import ConfigError, MissingArtifactError
-from videolavit.models.visual_tokenizer import VisualTokenizer, preprocess_images
+from videolavit.models.vision_encoder import preprocess_images
+from videolavit.models.visual_tokenizer import VisualTokenizer
 
 KEYFRAME = 32  # video.keyframe_size of these tests: 16 patches of 8 px
 TRAIN_CLIPS, VAL_CLIPS, TRAIN_IMAGES, VAL_IMAGES = 6, 2, 3, 1

@@ -167,7 +167,7 @@ def convert_eva(state: dict, heads: int = PAPER_HEADS, where: str = ""):
     """(VisionEncoder in eval mode, notes) from ``eva_vitg_psz14.bin``'s state dict."""
     import torch
 
-    from videolavit.models.visual_tokenizer import VisionEncoder
+    from videolavit.models.vision_encoder import VisionEncoder
 
     config = eva_config(state, heads=heads, where=where)
     state = {k: v.float() for k, v in state.items()}

@@ -12,9 +12,10 @@ import torch.nn.functional as F
 
 from videolavit import tracking
 from videolavit.models.quantizer import code_statistics
-from videolavit.models.visual_tokenizer import CLIP_MEAN, CLIP_STD, VisualTokenizer, preprocess_images
+from videolavit.models.vision_encoder import CLIP_MEAN, CLIP_STD, preprocess_images
+from videolavit.models.visual_tokenizer import VisualTokenizer
 from videolavit.training.optim import adamw_with_cosine, decay_groups
-from videolavit.training.trainer import ResumableRNG
+from videolavit.training.trainer import ResumableRNG, TrainLoss
 
 NO_DECAY = ("pos_embed", "token_pos", "queries")  # position tables and learned queries are not weight-decayed
 
@@ -71,7 +72,7 @@ class VisualEvaluation:
         }
 
 
-class VisualTokenizerModule(ResumableRNG, L.LightningModule):
+class VisualTokenizerModule(TrainLoss, ResumableRNG, L.LightningModule):
     """Reconstruction + commitment + keep-ratio loss (the model's); AdamW with cosine warm-up; exact resume."""
 
     def __init__(self, model_kwargs: dict, optim: dict, max_steps: int, samples_dir: Optional[str] = None, sample_images: int = 6):
@@ -84,9 +85,16 @@ class VisualTokenizerModule(ResumableRNG, L.LightningModule):
         self.sample_images = int(sample_images)
         self.evaluation: Optional[VisualEvaluation] = None
         self.sample: Optional[dict] = None
-        self.last_train_loss = float("nan")
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        # normalized on the host before the batch moves: no step copies its images back from the GPU to do it
+        if "image" in batch and "pixels" not in batch:
+            batch["pixels"] = preprocess_images(batch["image"], self.model.image_size)  # [B, 3, S, S]
+        return batch
 
     def _pixels(self, batch: dict) -> torch.Tensor:
+        if "pixels" in batch:
+            return batch["pixels"].to(self.device)
         # preprocess keeps its constants on the host; the uint8 batch is small, so normalize there
         return preprocess_images(batch["image"].cpu(), self.model.image_size).to(self.device)  # [B, 3, S, S]
 
@@ -99,7 +107,7 @@ class VisualTokenizerModule(ResumableRNG, L.LightningModule):
                 "train/tokens_per_image": out["num_tokens"],
             }
         )
-        self.last_train_loss = float(out["loss"].detach())
+        self.remember_train_loss(out["loss"])
         return out["loss"]
 
     def on_validation_epoch_start(self) -> None:
