@@ -31,7 +31,7 @@ def test_a_partial_release_converts_its_parts_and_reports_the_rest(tmp_path):
     report = json.loads((out / "import_report.json").read_text())
     assert [p["part"] for p in report["parts"]] == list(PART_NAMES)
     unet = next(p for p in report["parts"] if p["part"] == "video_detokenizer")
-    assert "temporal context" in unet["detail"] and "the other 1 tensors (the U-Net) not" in unet["detail"]
+    assert "the other 1 tensors (the U-Net) not" in unet["detail"] and "1427 missing" in unet["detail"]
     text = (out / "import_report.txt").read_text()
     assert "1 part(s) converted, 1 partly" in text and "not_supported" in text
     written = sorted(p.name for p in out.iterdir())

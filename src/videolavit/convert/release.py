@@ -65,29 +65,48 @@ def _convert_language_model(release: Path, out: Path, options: dict) -> PartResu
     return PartResult("language_model", "converted", [str(source)], str(out), detail, notes, count)
 
 
-UNET_WHY_NOT = ("its U-Net computes a different temporal context (per-pixel motion features, official motion units, "
-                "bicubic resize); our video detokenizer has no switch for the official variant yet")
-
-
 def _convert_video_detokenizer(release: Path, out: Path, options: dict) -> PartResult:
-    """Only its motion condition encoder converts (our MotionConditionEncoder); the U-Net does not, see UNET_WHY_NOT."""
+    """U-Net + motion condition encoder (+ vae/, scheduler/) → DIR/video_detokenizer (VideoDetokenizer, official
+    variants); when the U-Net does not convert (incomplete, not its config's layout, a latent U-Net without vae/),
+    the motion encoder alone does (status partial, the reason in the report)."""
+    from videolavit.convert.checkpoint import read_state_dict
+    from videolavit.convert.motion_condition import split_motion_encoder
+    from videolavit.convert.video_detokenizer import convert_video_detokenizer, split_unet
+    from videolavit.errors import ReleaseFormatError
+
+    folder = release / "video_detokenizer"
+    source = folder / "unet" / "diffusion_pytorch_model.bin"
+    state = read_state_dict(source)
+    encoder, unet = split_motion_encoder(state), split_unet(state)
+    if not encoder:
+        return PartResult("video_detokenizer", "not_supported", [str(source)],
+                          detail="no motion_encoder.* tensors in it: not the official video detokenizer's U-Net file")
+    found = [str(p) for p in (source, folder / "vae", folder / "scheduler") if p.exists()]
+    try:  # the encoder alone still converts when the rest does not (the report says why)
+        model, notes = convert_video_detokenizer(folder, state, options)
+    except ReleaseFormatError as exc:
+        return _encoder_only(source, encoder, options, out, f"the other {len(unet)} tensors (the U-Net) not: {exc}")
+    del state
+    target = out / "video_detokenizer"
+    _write_atomically(target, model.save_pretrained)
+    c, u = model.config, model.unet.config
+    detail = (f"VideoDetokenizer (temporal_context per_pixel, motion_input official) {c['frames']}x{c['height']}x"
+              f"{c['width']}: U-Net {list(u.block_out_channels)}, {u.in_channels} -> {u.out_channels} channels "
+              f"({len(unet)} tensors), motion encoder {len(encoder)} tensors, VAE "
+              f"{type(model.vae).__name__ if model.vae is not None else 'none (pixel space)'}, "
+              f"sigma {c['sigma_min']}..{c['sigma_max']}; VideoDetokenizer.from_pretrained")
+    return PartResult("video_detokenizer", "converted", found, str(target), detail, notes, len(unet) + len(encoder))
+
+
+def _encoder_only(source: Path, encoder: dict, options: dict, out: Path, why: str) -> PartResult:
     import json
 
     from safetensors.torch import save_file
 
-    from videolavit.convert.checkpoint import read_state_dict
-    from videolavit.convert.motion_condition import convert_motion_encoder, split_motion_encoder
+    from videolavit.convert.motion_condition import convert_motion_encoder
 
-    source = release / "video_detokenizer" / "unet" / "diffusion_pytorch_model.bin"
-    state = read_state_dict(source)
-    encoder = split_motion_encoder(state)
-    others = len(state) - len(encoder)
-    if not encoder:
-        return PartResult("video_detokenizer", "not_supported", [str(source)],
-                          detail=f"no motion_encoder.* tensors in it; {UNET_WHY_NOT}")
     model, config = convert_motion_encoder(encoder, heads=options.get("encoder_heads", 8),
                                            grid=options.get("encoder_grid", (16, 16)), where=str(source))
-    del state
 
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
@@ -96,8 +115,7 @@ def _convert_video_detokenizer(release: Path, out: Path, options: dict) -> PartR
 
     target = out / "motion_condition_encoder"
     _write_atomically(target, write)
-    detail = (f"motion condition encoder converted ({len(encoder)} tensors, MotionConditionEncoder(**config.json)); "
-              f"the other {others} tensors (the U-Net) not: {UNET_WHY_NOT}")
+    detail = f"motion condition encoder converted ({len(encoder)} tensors, MotionConditionEncoder(**config.json)); {why}"
     return PartResult("video_detokenizer", "partial", [str(source)], str(target), detail, [], len(encoder))
 
 

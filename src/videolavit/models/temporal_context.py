@@ -7,6 +7,9 @@ and pixel p attends to [T, D]. :func:`use_per_pixel_time_context` swaps that for
 the spatial cross-attention keeps reading its frame's grid tokens. Remaining difference from the official forward: the
 grid is resized with ``size=(h, w)`` rather than ``scale_factor`` (the same indices for the paper's 16×16 → 40×72, 20×36,
 10×18, 5×9); the temporal block is also checkpointed when gradient checkpointing is on (memory only, same values).
+
+:func:`official_motion_input` is the other half of the official variant (``motion_input="official"``): the motion the
+official U-Net and motion encoder read, at the latent grid and in the official units.
 """
 
 from __future__ import annotations
@@ -30,6 +33,19 @@ def per_pixel_time_context(context: torch.Tensor, frames: int, grid: tuple[int, 
     h, w = size
     x = x.reshape(b, frames, d, h * w).permute(0, 3, 1, 2)  # [B, h·w, T, D]
     return x.reshape(b * h * w, frames, d)
+
+
+def official_motion_input(motion: torch.Tensor, size: tuple[int, int], rescale: float) -> torch.Tensor:
+    """Normalized motion [B, 2, T, h, w] (the tokenizer's input units) → [B, T, 2, H, W] at the latent ``size``.
+
+    As the official motion tokenizer hands its reconstruction to the detokenizer: each frame resized bicubically
+    (in float32) to the latent grid and divided by ``rescale`` (its ×10: what is left is x/W, y/H ÷ the motion std).
+    """
+    B, _, T, h, w = motion.shape
+    x = motion.transpose(1, 2).reshape(B * T, 2, h, w).float()
+    if (h, w) != tuple(size):
+        x = F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False)
+    return (x / float(rescale)).reshape(B, T, 2, *size).to(motion.dtype)
 
 
 def _forward(self, hidden_states, encoder_hidden_states=None, image_only_indicator=None, return_dict=True):

@@ -12,6 +12,9 @@ What the U-Net receives (per frame t of a clip of T frames; C = 3 pixel channels
   (the official code instead gives each pixel its own motion sequence). ``temporal_context="per_pixel"`` (the paper
   profile) does as the official code: every context is that frame's grid tokens only and each pixel's temporal
   cross-attention reads the T motion features at its position (:mod:`videolavit.models.temporal_context`).
+- ``motion_input="official"`` (the paper profile; "ours" is the tiny recipe's path above) feeds the motion as the
+  official detokenizer receives it: bicubic-resized to the latent grid and in its units (ours ÷ ``motion_rescale``),
+  for both the input channels and the motion encoder (which resizes that again, bicubic, to its grid).
 - added_time_ids = [fps, motion_bucket_id, noise_aug] = [6, 127, 0.02] as the official `reconstruct_from_token`.
 
 EDM (Karras 2022) with SVD's v-style preconditioning, σ_data configurable (1.0 for SVD weights):
@@ -169,6 +172,7 @@ class VideoDetokenizer(nn.Module):
         motion_rescale: float | None = None,
         temporal_context: str = "broadcast",
         gradient_checkpointing: bool = False,
+        motion_input: str = "ours",
         *,
         unet_model: nn.Module | None = None,
         vae: nn.Module | None = None,
@@ -187,9 +191,14 @@ class VideoDetokenizer(nn.Module):
             "motion_std": [float(s) for s in motion_std] if motion_std is not None else None,
             "motion_rescale": float(motion_rescale) if motion_rescale is not None else None,
             "temporal_context": str(temporal_context), "gradient_checkpointing": bool(gradient_checkpointing),
+            "motion_input": str(motion_input),
         }
         if temporal_context not in ("broadcast", "per_pixel"):
             raise ConfigError(f"temporal_context must be broadcast or per_pixel, got {temporal_context!r}")
+        if motion_input not in ("ours", "official"):
+            raise ConfigError(f"motion_input must be ours or official, got {motion_input!r}")
+        if motion_input == "official" and motion_rescale is None:
+            raise ConfigError("motion_input official divides the motion by motion_rescale: give it (video.motion_rescale)")
         if motion_warp and not keyframe_skip:
             raise ConfigError("motion_warp sets the base that keyframe_skip diffuses around: it needs keyframe_skip")
         if motion_warp and (motion_std is None or motion_rescale is None):
@@ -293,10 +302,16 @@ class VideoDetokenizer(nn.Module):
             with torch.no_grad():
                 noisy = self.vae.encode(noisy.to(self.vae.dtype)).latent_dist.mode().float()  # unscaled, as SVD
         keyframe_in = noisy[:, None].expand(B, frames, *noisy.shape[1:])  # [B, T, C, h, w]
-        motion_in = F.interpolate(motion, size=(frames, *self.latent_size), mode="nearest").transpose(
-            1, 2
-        )  # [B, T, 2, h, w]
-        features = self.motion_encoder(motion)  # [B, T, N, D]
+        if self.config["motion_input"] == "official":
+            from videolavit.models.temporal_context import official_motion_input
+
+            motion_in = official_motion_input(motion, self.latent_size, self.config["motion_rescale"])
+            features = self.motion_encoder(motion_in.transpose(1, 2))  # [B, T, N, D]
+        else:
+            motion_in = F.interpolate(motion, size=(frames, *self.latent_size), mode="nearest").transpose(
+                1, 2
+            )  # [B, T, 2, h, w]
+            features = self.motion_encoder(motion)  # [B, T, N, D]
         ids = [self.config["fps"], self.config["motion_bucket_id"], self.config["noise_aug"]]
         added_time_ids = torch.tensor([ids], dtype=keyframe_in.dtype, device=keyframe.device).expand(B, 3)
         if self.config["temporal_context"] == "per_pixel":  # the temporal blocks build each pixel's T features
@@ -392,21 +407,30 @@ class VideoDetokenizer(nn.Module):
         elif tuple(init_noise.shape) != shape:
             raise ValueError(f"init_noise must be {list(shape)}, got {list(init_noise.shape)}")
         sigmas = karras_sigmas(steps, self.config["sigma_min"], self.config["sigma_max"]).to(keyframe.device)
-        guidance = torch.linspace(1.0, max_guidance, T, device=keyframe.device).reshape(1, T, 1, 1, 1)
-        use_cfg = max_guidance != 1.0
-        if use_cfg:
-            zero = self._mask(cond, torch.zeros(B, device=keyframe.device), T)
-            cond = {k: torch.cat([zero[k], cond[k]]) for k in cond}
+        cond = self.guidance_conditions(cond, max_guidance)
         x = init_noise.to(keyframe.device) * sigmas[0]  # [B, T, C, h, w]
         for i in range(steps):
-            sigma = sigmas[i].expand(B * (2 if use_cfg else 1))
-            if use_cfg:
-                uncond, conditional = self.denoise(torch.cat([x, x]), sigma, cond).chunk(2)
-                denoised = uncond + guidance * (conditional - uncond)
-            else:
-                denoised = self.denoise(x, sigma, cond)
+            denoised = self.guided_denoise(x, sigmas[i], cond, max_guidance)
             x = x + (sigmas[i + 1] - sigmas[i]) * (x - denoised) / sigmas[i]
         return self.decode_frames(x if base is None else x + base)
+
+    def guidance_conditions(self, cond: dict, max_guidance: float) -> dict:
+        """``cond`` for :meth:`guided_denoise`: with guidance, the negative (zeroed) conditions stacked before it."""
+        if max_guidance == 1.0:
+            return cond
+        B = cond["keyframe"].shape[0]
+        zero = self._mask(cond, torch.zeros(B, device=cond["keyframe"].device), cond["keyframe"].shape[1])
+        return {k: torch.cat([zero[k], cond[k]]) for k in cond}
+
+    def guided_denoise(self, x: torch.Tensor, sigma: torch.Tensor, cond: dict, max_guidance: float) -> torch.Tensor:
+        """D(x; σ) [B, T, C, h, w] at one noise level σ (a scalar tensor) with classifier-free guidance rising per
+        frame from 1 to ``max_guidance``; ``cond`` from :meth:`guidance_conditions`."""
+        B, T = x.shape[:2]
+        if max_guidance == 1.0:
+            return self.denoise(x, sigma.expand(B), cond)
+        guidance = torch.linspace(1.0, max_guidance, T, device=x.device).reshape(1, T, 1, 1, 1)
+        uncond, conditional = self.denoise(torch.cat([x, x]), sigma.expand(2 * B), cond).chunk(2)
+        return uncond + guidance * (conditional - uncond)
 
     # -- persistence and SVD initialisation ----------------------------------------------------------------------------
 

@@ -103,6 +103,9 @@ class VideoDetokenizerConfig:
     # per_pixel (official): each pixel's temporal cross-attention reads the T motion features at its position;
     # broadcast: every pixel reads frame 0's grid tokens + T per-frame summaries (15 GiB a clip at paper scale)
     temporal_context: str = "per_pixel"
+    # official: motion bicubic-resized to the latent grid and ÷ video.motion_rescale, as the released detokenizer
+    # reads it (channels and motion encoder); ours: nearest-resized channels, the encoder reads the motion grid
+    motion_input: str = "official"
     gradient_checkpointing: bool = True  # recompute U-Net block activations in backward (paper scale needs it)
 
 

@@ -81,7 +81,7 @@ def video_kwargs(cfg: DictConfig) -> dict:
     v = cfg.detokenizer.video
     kwargs = {k: section_kwargs(v)[k] for k in (
         "sigma_data", "sigma_min", "sigma_max", "p_mean", "p_std", "noise_aug", "fps", "motion_bucket_id",
-        "cond_dropout", "decode_chunk_size", "vae_dir", "temporal_context", "gradient_checkpointing",
+        "cond_dropout", "decode_chunk_size", "vae_dir", "temporal_context", "gradient_checkpointing", "motion_input",
     )}
     kwargs.update(
         frames=int(cfg.video.clip_frames),
