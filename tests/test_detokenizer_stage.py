@@ -172,6 +172,27 @@ def test_tokens_condition_trains_on_the_motion_tokenizer_round_trip(tiny_cfg_fac
     torch.testing.assert_close(seen["keyframe"], seen["frames"][:, 0])
 
 
+def test_the_video_model_can_train_on_every_nth_step_and_fewer_clips(tiny_cfg_factory, workspace, monkeypatch):
+    from videolavit.models.video_detokenizer import VideoDetokenizer
+    from videolavit.stages.detokenizer import fit
+
+    calls = []
+    original = VideoDetokenizer.training_loss
+
+    def counted(self, frames, keyframe, motion, generator=None):
+        if self.training:
+            calls.append(frames.shape[0])
+        return original(self, frames, keyframe, motion, generator)
+
+    monkeypatch.setattr(VideoDetokenizer, "training_loss", counted)
+    metrics = fit(tiny_cfg_factory(
+        *FAST, "tracking.enabled=false", "detokenizer.train.max_steps=4", "detokenizer.train.batch_size=2",
+        "detokenizer.train.val_every_n_steps=4", "detokenizer.video_every_n_steps=2", "detokenizer.video_batch_size=1",
+    ))
+    assert metrics["global_step"] == 4 and calls == [1, 1]  # steps 0 and 2, one clip each; the keyframe model: 4 × 2
+    assert np.isfinite(metrics["train/video_loss"]) and np.isfinite(metrics["val/video_psnr"])
+
+
 class _Repeat:
     """A stand-in video detokenizer: frame 0 (the keyframe) repeated, or the true frames when given them."""
 

@@ -12,7 +12,8 @@ import pytest
 from videolavit.errors import ConfigError
 
 FAST_PROTOCOL = [
-    "t2v.samples=2", "t2v.save_samples=1", "t2v.no_motion_ablation=true", "recon.video_clips=1", "recon.keyframes=2",
+    "t2v.samples=2", "t2v.save_samples=1", "t2v.no_motion_ablation=true", "t2v.token_roundtrip=true",
+    "recon.video_clips=1", "recon.keyframes=2",
     "sampling.keyframe_steps=2", "sampling.video_steps=1", "sampling.image_tokens=[1,8]",
 ]
 
@@ -114,6 +115,10 @@ def test_values_mean_what_they_say(evaluated):
     assert m["recon/motion_epe"] > 0 and m["recon/motion_epe_zero_baseline"] > 0
     assert m["t2v/fvd_corpus"] >= 0 and -1.0 <= m["t2v/clipsim_corpus"] <= 1.0
     assert "ablation_no_motion/t2v/fvd_corpus" in m and m["t2v/attribute_chance_direction"] == 0.25
+    # the classifier on the real clips, and on the same clips rendered from their own tokens (the detokenizers' part)
+    for kind in ("real", "tokens"):
+        assert 0.0 <= m[f"t2v/attribute_acc_{kind}_direction"] <= 1.0 and 0.0 <= m[f"t2v/attribute_acc_{kind}"] <= 1.0
+    assert "detokenizers" in m["notes"]["t2v/attribute_acc_tokens*"]
 
 
 def test_samples_and_predictions_are_written(evaluated):

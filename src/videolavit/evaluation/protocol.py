@@ -34,6 +34,7 @@ class T2VProtocol:
     attributes: list = field(default_factory=lambda: ["shape", "color", "direction"])
     save_samples: int = 4
     no_motion_ablation: bool = False
+    token_roundtrip: bool = False  # score the real clips rendered from their own tokens too (t2v/attribute_acc_tokens)
 
 
 @dataclass

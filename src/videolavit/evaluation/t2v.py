@@ -14,17 +14,27 @@ from videolavit.evaluation.extractors import Extractors, attribute_scores, fvd_o
 from videolavit.evaluation.protocol import NO_MOTION, Results, sampling_seed
 
 
-def first_clips(clips_dir, split: str, video_ids: set, clip_seconds: float) -> dict[str, np.ndarray]:
-    """Video id → frames [T, H, W, 3] of the shard clip covering each chosen video's first manifest clip."""
+def first_clips(clips_dir, split: str, video_ids: set, clip_seconds: float, fields=("frames",)) -> dict[str, dict]:
+    """Video id → the record (``fields``, e.g. frames [T, H, W, 3]) of the shard clip covering each chosen video's
+    first manifest clip."""
     from videolavit.data.shards import iter_clip_records
 
-    out: dict[str, tuple[float, np.ndarray]] = {}
-    for r in iter_clip_records(clips_dir, split, fields=("frames", "meta")):
+    out: dict[str, tuple[float, dict]] = {}
+    for r in iter_clip_records(clips_dir, split, fields=(*fields, "meta")):
         video, start = r.get("meta", {}).get("video_id"), float(r.get("meta", {}).get("start_time", 0.0))
         first = start < 0.25 * clip_seconds and (video not in out or start < out[video][0])
-        if video in video_ids and "frames" in r and first:
-            out[video] = (start, r["frames"])
+        if video in video_ids and all(f in r for f in fields) and first:
+            out[video] = (start, r)
     return {k: v for k, (_, v) in out.items()}
+
+
+def render_from_own_tokens(pipe, record: dict) -> np.ndarray:
+    """A real clip's keyframe and motion → their visual / motion tokens → the detokenizers: uint8 [T, H, W, 3]. What
+    the generated clip would look like if the LM emitted exactly the tokens of a real clip (the detokenizers' part)."""
+    visual = pipe.tokenize_image(record["keyframe"])
+    motion = pipe.tokenize_motion(record["motion"][None])[0]
+    frames, keyframes, motion_field = pipe.render([visual], [motion])
+    return pipe.finish([], [visual], [motion], frames, keyframes, motion_field).frames
 
 
 def _score_t2v(results: Results, ext: Extractors, videos, captions, targets, attributes, prefix: str) -> None:
@@ -86,8 +96,18 @@ def evaluate_t2v(cfg: DictConfig, protocol: DictConfig, results: Results, pipe, 
             if a in ext.classifier.attributes:
                 results.set(f"t2v/attribute_chance_{a}", 1.0 / len(ext.classifier.attributes[a]))
         seconds = float(cfg.video.clip_frames) / float(cfg.video.fps)
-        real = first_clips(cfg.paths.clips, t2v.split, {s.id for s in samples}, seconds)
+        fields = ("frames", "keyframe", "motion") if t2v.token_roundtrip else ("frames",)
+        real = first_clips(cfg.paths.clips, t2v.split, {s.id for s in samples}, seconds, fields)
         pairs = [(real[s.id], t) for s, t in zip(samples, targets) if s.id in real]
         if pairs:  # the classifier on the real first clips of the same videos: the ceiling of t2v/attribute_acc
-            real_videos, real_targets = [p for p, _ in pairs], [t for _, t in pairs]
+            real_targets = [t for _, t in pairs]
+            real_videos = [r["frames"] for r, _ in pairs]
             results.update(attribute_scores(ext, real_videos, real_targets, attributes, "t2v/attribute_acc_real"))
+            if t2v.token_roundtrip:  # between the two: the same real clips through their own tokens
+                rendered = [render_from_own_tokens(pipe, r) for r, _ in pairs]
+                results.update(attribute_scores(ext, rendered, real_targets, attributes, "t2v/attribute_acc_tokens"))
+                results.notes["t2v/attribute_acc_tokens*"] = (
+                    "the real first clips rendered by the detokenizers from their own visual and motion tokens "
+                    "(no LM): below t2v/attribute_acc_real the detokenizers lose the attribute, above "
+                    "t2v/attribute_acc the LM's tokens do"
+                )

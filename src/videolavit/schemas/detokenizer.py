@@ -132,6 +132,10 @@ class DetokenizerStageConfig:
     visual_tokenizer_path: Optional[str] = None  # None: <paths.models>/visual_tokenizer
     motion_tokenizer_path: Optional[str] = None  # None: <paths.models>/motion_tokenizer
     keyframe_lr: Optional[float] = positive(None)  # None: optim.lr
+    # the video model trains on every n-th step only, on the batch's first video_batch_size clips (None: all): the
+    # keyframe model gets more steps and images for the video model's cost (one process; DDP would see unused weights)
+    video_every_n_steps: int = at_least(1, 1)
+    video_batch_size: Optional[int] = at_least(1, None)
     # true: no vae_dir / svd_dir is fine (pixel-space, random U-Nets); false: each missing one is an error
     from_scratch: bool = False
     keyframe: KeyframeDetokenizerConfig = field(default_factory=KeyframeDetokenizerConfig)

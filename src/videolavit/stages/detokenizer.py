@@ -215,6 +215,8 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         cond_motion,
         stage_cfg.keyframe_lr,
         stage_cfg.video.svd_dir,
+        int(stage_cfg.video_every_n_steps),
+        stage_cfg.video_batch_size,
     ).attach(tokenizers)
     fields = ("keyframe", "motion", "frames")
     datamodule = ClipDataModule(cfg, fields=fields, batch_size=micro_batch(cfg, STAGE))

@@ -140,6 +140,11 @@ def _print_summary(m: dict, ext: Extractors, label: str) -> None:
     print(f"  T2V: {ext.fvd_key} {f(ext.fvd_key)}, {ext.clipsim_key} {f(ext.clipsim_key)}, "
           f"attributes {f('t2v/attribute_acc')} "
           f"(direction {f('t2v/attribute_acc_direction')}, real clips {f('t2v/attribute_acc_real')})")
+    names = sorted(k[len("t2v/attribute_chance_"):] for k in m if k.startswith("t2v/attribute_chance_"))
+    if names:  # where an attribute is lost: the classifier (real), the detokenizers (own tokens) or the LM (generated)
+        print("  T2V attribute accuracy, generated / real clips through their own tokens / real clips (chance): " + ", ".join(
+            f"{a} {f('t2v/attribute_acc_' + a)} / {f('t2v/attribute_acc_tokens_' + a)} / "
+            f"{f('t2v/attribute_acc_real_' + a)} ({f('t2v/attribute_chance_' + a)})" for a in names))
     print(f"  recon: motion EPE {f('recon/motion_epe')} px/frame (zero motion {f('recon/motion_epe_zero_baseline')}), "
           f"video PSNR {f('recon/video_psnr')} dB (first frame repeated {f('recon/video_psnr_static_baseline')}), "
           f"keyframe PSNR {f('recon/keyframe_psnr')}; tokens: N={f('tokens/motion_per_clip')}, saving {f('tokens/saving')}")

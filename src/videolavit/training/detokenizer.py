@@ -62,6 +62,8 @@ class DetokenizerModule(ResumableRNG, L.LightningModule):
         condition_motion: str = "true",
         keyframe_lr: Optional[float] = None,
         svd_dir: Optional[str] = None,
+        video_every_n_steps: int = 1,
+        video_batch_size: Optional[int] = None,
     ):
         super().__init__()
         self.keyframe = KeyframeDetokenizer(**keyframe_kwargs) if keyframe_kwargs is not None else None
@@ -70,6 +72,8 @@ class DetokenizerModule(ResumableRNG, L.LightningModule):
             self.video.load_svd_weights(svd_dir)  # a resumed run's checkpoint then overwrites these
         self.optim, self.max_steps = optim, int(max_steps)
         self.condition_motion, self.keyframe_lr = condition_motion, keyframe_lr
+        # the video model steps on every n-th batch, on its first `video_batch_size` clips (the keyframe model on all)
+        self.video_every_n_steps, self.video_batch_size = max(1, int(video_every_n_steps)), video_batch_size
         self.tokenizers: Optional[FrozenTokenizers] = None
         self.last_losses: dict[str, float] = {}
 
@@ -107,18 +111,24 @@ class DetokenizerModule(ResumableRNG, L.LightningModule):
             ).clamp(-1, 1)
             cond = self.tokenizers.keyframe_condition(batch["keyframe"])  # [B, N, D]
             out["keyframe_loss"] = self.keyframe.training_loss(target, cond, generator=generator)
-        if self.video is not None:
-            motion = batch["motion"]  # [B, 2, T, h, w]
+        if self.video is not None and self.video_steps_now():
+            n = self.video_batch_size or frames.shape[0]
+            motion = batch["motion"][:n]  # [B, 2, T, h, w]
             if self.condition_motion == "tokens":
                 motion = self.tokenizers.motion_from_tokens(motion)
-            out["video_loss"] = self.video.training_loss(frames, keyframe, motion, generator=generator)
+            out["video_loss"] = self.video.training_loss(frames[:n], keyframe[:n], motion, generator=generator)
         return out
+
+    def video_steps_now(self) -> bool:
+        """Whether this batch trains the video model: always in validation, else every ``video_every_n_steps``-th
+        step (on the other steps its parameters get no gradient, so AdamW leaves them and their moments alone)."""
+        return not self.training or self.global_step % self.video_every_n_steps == 0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.losses(batch)
         loss = sum(losses.values())
         self.log_dict({f"train/{k}": v for k, v in {"loss": loss, **losses}.items()})
-        self.last_losses = {f"train/{k}": float(v.detach()) for k, v in {"loss": loss, **losses}.items()}
+        self.last_losses.update({f"train/{k}": float(v.detach()) for k, v in {"loss": loss, **losses}.items()})
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
