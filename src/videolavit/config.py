@@ -145,6 +145,7 @@ class CorpusConfig:
     min_clips: int = at_least(1, 1)
     max_clips: int = at_least(1, 3)
     heldout_pairs: int = at_least(0, 4)  # (shape, color) pairs seen only in the test split
+    two_object_probability: float = fraction(0.4)  # synthetic: share of samples with a second object (distinct shape and color)
     workers: int = at_least(0, 1)  # processes rendering the synthetic corpus (output is identical for any count)
     import_path: Optional[str] = None  # annotation file of a real dataset (CSV or JSON)
     media_dir: Optional[str] = None  # where the real dataset's videos/images are

@@ -114,11 +114,11 @@ def _pick(rng: np.random.Generator, values) -> str:
     return values[int(rng.integers(len(values)))]
 
 
-def _plan_objects(rng, split, heldout, geo: Geometry, num_clips: int, video: bool) -> list[ObjectSpec]:
+def _plan_objects(rng, split, heldout, geo: Geometry, num_clips: int, video: bool, two_objects: float) -> list[ObjectSpec]:
     allowed = [(s, c) for s in SHAPES for c in COLORS if (s, c) not in heldout]
     first = heldout[int(rng.integers(len(heldout)))] if split == "test" and heldout else allowed[int(rng.integers(len(allowed)))]
     pairs = [first]
-    if rng.random() < TWO_OBJECT_PROBABILITY:
+    if rng.random() < two_objects:
         # distinct shape AND color, so "the red object" and "the circle" each name exactly one object
         others = [(s, c) for s, c in allowed if s != first[0] and c != first[1]]
         pairs.append(others[int(rng.integers(len(others)))])
@@ -142,11 +142,12 @@ def _plan_objects(rng, split, heldout, geo: Geometry, num_clips: int, video: boo
     return objects
 
 
-def plan_sample(rng, sample_id, kind, split, heldout, geo: Geometry, min_clips=1, max_clips=3) -> MediaSpec:
+def plan_sample(rng, sample_id, kind, split, heldout, geo: Geometry, min_clips=1, max_clips=3,
+                two_objects: float = TWO_OBJECT_PROBABILITY) -> MediaSpec:
     num_clips = int(rng.integers(min_clips, max_clips + 1)) if kind == "video" else 0
     background = _pick(rng, BACKGROUNDS)
     pan = _pick(rng, DIRECTIONS) if kind == "video" and rng.random() < PAN_PROBABILITY else "none"
-    objects = _plan_objects(rng, split, heldout, geo, num_clips, kind == "video")
+    objects = _plan_objects(rng, split, heldout, geo, num_clips, kind == "video", two_objects)
     return MediaSpec(sample_id, kind, split, background, pan, objects, num_clips, int(rng.integers(2**31)))
 
 
@@ -411,12 +412,13 @@ def plan_corpus(cfg, geo: Geometry) -> tuple[list[MediaSpec], list[tuple[str, st
     images = split_counts(int(cfg.images), videos if sum(videos.values()) else {"train": 1, "val": 0, "test": 0})
     specs = []
     v = i = 0
+    two = float(cfg.two_object_probability)
     for split in ("train", "val", "test"):
         for _ in range(videos[split]):
-            specs.append(plan_sample(rng, f"vid_{v:05d}", "video", split, heldout, geo, int(cfg.min_clips), int(cfg.max_clips)))
+            specs.append(plan_sample(rng, f"vid_{v:05d}", "video", split, heldout, geo, int(cfg.min_clips), int(cfg.max_clips), two))
             v += 1
         for _ in range(images[split]):
-            specs.append(plan_sample(rng, f"img_{i:05d}", "image", split, heldout, geo))
+            specs.append(plan_sample(rng, f"img_{i:05d}", "image", split, heldout, geo, two_objects=two))
             i += 1
     return specs, heldout
 
@@ -429,6 +431,8 @@ def _check(cfg, geo: Geometry) -> None:
     for key in ("train_videos", "val_videos", "test_videos", "images", "heldout_pairs"):
         if int(getattr(cfg, key)) < 0:
             raise ConfigError(f"corpus.{key} must be >= 0, got {getattr(cfg, key)}")
+    if not 0.0 <= float(cfg.two_object_probability) <= 1.0:
+        raise ConfigError(f"corpus.two_object_probability must be in [0, 1], got {cfg.two_object_probability}")
     if geo.frames_per_clip < 1 or geo.fps <= 0:
         raise ConfigError(f"corpus.fps must be positive, got {geo.fps}")
 

@@ -216,10 +216,22 @@ def evaluate_qa(cfg: DictConfig, protocol: DictConfig, results: Results, out_dir
         no_motion_ablation(cfg, protocol, results, models, video, shards, answer, predictions)
     results.missing([f"{NO_MOTION}qa/video_acc", *(f"{NO_MOTION}qa/video_acc_{t}" for t in QA_TYPES)],
                     "the no-motion ablation was not run (protocol qa.no_motion_ablation) or had no questions")
+    family_metrics(cfg, results, predictions, train_convs, all_convs)
     results.metrics["qa/metric"] = "exact_match"
     results.notes["qa/*"] = NOT_COMPARABLE_WITH_GPT_JUDGED
     if predictions:  # logged with the rest of runs/evaluate
         (out_dir / f"qa_{qa.split}.jsonl").write_text("".join(json.dumps(p) + "\n" for p in predictions))
+
+
+def family_metrics(cfg, results: Results, predictions: list, train_convs, all_convs) -> None:
+    """Video QA per type and answer family (``qa/video_acc_motion_direction``, its chance/prior, the ablation's)."""
+    from videolavit.evaluation.qa_families import corpus_attributes, family_names, family_scores
+
+    names = family_names(all_convs, corpus_attributes(cfg.paths.corpus))
+    rows = [p for p in predictions if p["kind"] == "video" and p["input"] == "media"]
+    results.update(family_scores(rows, names, "qa/video", train_convs, all_convs, base="qa/"))
+    rows = [p for p in predictions if p["kind"] == "video" and p["input"] == "frames_media"]
+    results.update({NO_MOTION + k: v for k, v in family_scores(rows, names, "qa/video").items()})
 
 
 def no_motion_ablation(cfg, protocol, results: Results, models, video: list, shards, answer, predictions: list) -> None:

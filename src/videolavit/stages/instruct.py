@@ -22,6 +22,7 @@ from videolavit import tracking
 from videolavit.artifacts import artifact, artifact_dir
 from videolavit.errors import ConfigError
 from videolavit.evaluation.qa import qa_baselines, qa_items, score_questions
+from videolavit.evaluation.qa_families import corpus_attributes, family_names, family_scores
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.lm import (
     build_stage_lm,
@@ -87,7 +88,10 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     metrics.update(qa)
     from videolavit.data.manifest import read_instruct
 
-    metrics.update(qa_baselines(items, datamodule.conversations("train"), read_instruct(cfg.paths.corpus)))
+    train_convs, all_convs = datamodule.conversations("train"), read_instruct(cfg.paths.corpus)
+    metrics.update(qa_baselines(items, train_convs, all_convs))
+    names = family_names(all_convs, corpus_attributes(cfg.paths.corpus))  # per answer family: motion_direction, ...
+    metrics.update(family_scores(rows, names, "val/qa", train_convs, all_convs, base="val/qa_"))
     metrics["val/qa_seconds"] = time.perf_counter() - started
     if rows and trainer.is_global_zero:
         path = Path(cfg.paths.runs) / STAGE / f"qa_{split}.jsonl"

@@ -15,6 +15,7 @@ from videolavit.artifacts import artifact_dir
 from videolavit.config import section_kwargs
 from videolavit.data.datamodules import ClipDataModule
 from videolavit.errors import ConfigError
+from videolavit.evaluation.probe import probe_motion_codes
 from videolavit.models.motion_tokenizer import load_weights_from
 from videolavit.runner import seed_everything, stage_entry
 from videolavit.training.callbacks import SampleThroughput
@@ -63,6 +64,8 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         model.save_pretrained(out_dir)
     val_batches = int(train_cfg.val_batches) if train_cfg.val_batches is not None else None
     metrics = evaluate(model, datamodule.val_dataloader(), cfg.video, "val", val_batches)
+    # what a linear reader of the codes gets of each clip's direction / speed (train clips → val clips)
+    metrics.update(probe_motion_codes(model, cfg.paths.clips, cfg.paths.corpus))
     metrics.update(
         {
             "tokens_per_clip": float(model.tokens_per_clip),
@@ -77,6 +80,12 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         f"(zero motion {metrics.get('val/epe_zero_baseline', float('nan')):.4f}), "
         f"codebook usage {metrics.get('val/codebook_usage', float('nan')):.2f} → {out_dir}"
     )
+    if "probe/direction_acc" in metrics:
+        print(f"  linear probe of the codes on val clips: direction {metrics['probe/direction_acc']:.3f} "
+              f"(chance {metrics['probe/direction_chance']:.3f}, prior {metrics['probe/direction_prior']:.3f}), "
+              f"speed {metrics.get('probe/speed_acc', float('nan')):.3f} "
+              f"(chance {metrics.get('probe/speed_chance', float('nan')):.3f}, "
+              f"prior {metrics.get('probe/speed_prior', float('nan')):.3f})")
     return metrics
 
 
