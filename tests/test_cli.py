@@ -42,7 +42,8 @@ def test_sweep_of_an_unknown_stage_is_a_clear_error(argv, capsys):
     assert "no sweep is defined" in capsys.readouterr().err
 
 
-def test_overrides_may_follow_options(capsys):
+def test_overrides_may_follow_options(capsys, tmp_path):
     assert main(["config", "--profile", "paper", "video.fps=12"]) == 0
-    assert main(["decompose", "--shard", "9/4", "tracking.enabled=false"]) == 2
+    # (a corpus folder, so that the stage gets past its input check to the shard's)
+    assert main(["decompose", "--shard", "9/4", "tracking.enabled=false", f"paths.corpus={tmp_path}"]) == 2
     assert "decompose.shard" in capsys.readouterr().err

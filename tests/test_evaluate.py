@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from videolavit.errors import ConfigError
+from videolavit.runner import read_metrics
 
 FAST_PROTOCOL = [
     "t2v.samples=2", "t2v.save_samples=1", "t2v.no_motion_ablation=true", "t2v.token_roundtrip=true",
@@ -84,7 +85,8 @@ def evaluated(world):
     tracked = ["tracking.enabled=true", "tracking.experiment=evaluate-test"]  # the session's temporary MLflow store
     cfg = load_config(profile="tiny", overrides=[*world, *tracked, f"evaluate.protocol_overrides={protocol}"], params_file=None)
     metrics = run(cfg)
-    return cfg, metrics, json.loads((Path(cfg.paths.metrics) / "evaluate.json").read_text())
+    # metrics/evaluate.json holds the numbers (what DVC compares), evaluate.notes.json the protocol label and notes
+    return cfg, metrics, read_metrics(cfg.paths.metrics, "evaluate")
 
 
 def test_every_required_key_is_a_finite_number_or_null_with_a_reason(evaluated):

@@ -38,7 +38,7 @@ LEVELS = {
     "report": 4,
     "stages": 5,
     "sweep": 6,
-    "cli": 7,
+    "cli": 7, "cli_help": 7,
 }
 ROOM_ALIASES = {"schemas": "config"}
 MODELS_MUST_NOT_IMPORT = ("lightning", "pytorch_lightning", "lightning_fabric", "mlflow", "dvc", "optuna")

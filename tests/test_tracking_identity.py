@@ -16,7 +16,7 @@ def _git(cwd, *args):
 
 def test_git_sha_is_clean_when_only_dvc_lock_and_metrics_changed(tmp_path, monkeypatch):
     (tmp_path / "metrics").mkdir()
-    for name in ("dvc.lock", "metrics/a.json", "code.py"):
+    for name in ("dvc.lock", "metrics/a.json", "params.effective.yaml", "code.py"):
         (tmp_path / name).write_text("0\n")
     _git(tmp_path, "init", "-q")
     _git(tmp_path, "add", ".")
@@ -24,6 +24,7 @@ def test_git_sha_is_clean_when_only_dvc_lock_and_metrics_changed(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dvc.lock").write_text("1\n")  # DVC between two stages of one repro
     (tmp_path / "metrics/a.json").write_text("1\n")
+    (tmp_path / "params.effective.yaml").write_text("1\n")  # the check stage's output
     assert not tracking.git_sha().endswith("-dirty")
     (tmp_path / "code.py").write_text("1\n")
     assert tracking.git_sha().endswith("-dirty")

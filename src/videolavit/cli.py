@@ -36,11 +36,32 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="a YAML of key: value overrides applied before the command line's, e.g. a sweep's best.yaml")
 
 
+def _stage_help(stage: str):
+    def text() -> str:
+        from videolavit.cli_help import stage_epilog
+
+        return stage_epilog(stage)
+
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from videolavit.cli_help import (
+        GENERATE_EPILOG,
+        GENERATE_KEYS,
+        add_lazy_help,
+        key_table,
+        stage_docstring,
+        sweep_description,
+        sweep_epilog,
+    )
+
+    raw = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(prog="videolavit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for stage in STAGES:
-        p = sub.add_parser(stage, help=f"run the {stage} stage")
+        p = sub.add_parser(stage, help=f"run the {stage} stage", add_help=False, formatter_class=raw)
+        add_lazy_help(p, _stage_help(stage), description=lambda stage=stage: stage_docstring(stage))
         _add_common(p)
         if stage == "decompose":
             p.add_argument("--shard", default=None, metavar="i/n", help="process only shard i of n of the videos")
@@ -48,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--shard", default=None, metavar="i/n", help="tokenize only units i, i+n, … of decompose's shares")
             p.add_argument("--merge", action="store_true", help="only merge a sharded run's parts into the token shards")
 
-    p = sub.add_parser("sweep", help="an Optuna study over a stage's hyperparameters")
+    p = sub.add_parser("sweep", help="an Optuna study over a stage's hyperparameters", add_help=False,
+                       formatter_class=raw, usage="videolavit sweep STAGE [trials=N] [mode=single|multi] [storage=URL] "
+                       "[study=NAME] [pruning=BOOL] [out=DIR] [key=value ...]")
+    add_lazy_help(p, sweep_epilog, description=sweep_description)
     p.add_argument("target", help="the stage to sweep (motion_tokenizer, visual_tokenizer)")
     _add_common(p)
 
@@ -59,9 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frame", type=int, default=1, help="which frame of the clip for a PNG (default 1)")
     _add_common(p)
 
-    p = sub.add_parser("generate", help="text → video, image → video, long video, question answering")
-    p.add_argument("prompt")
-    p.add_argument("--out", default=None)
+    p = sub.add_parser("generate", help="text → video, image → video, long video, question answering", add_help=False,
+                       formatter_class=raw, description="Generate a video from a prompt (or an image), or answer a "
+                       "question about an image or video, with the trained models.")
+    add_lazy_help(p, lambda: GENERATE_EPILOG + "\n".join(key_table(GENERATE_KEYS)) + "\n")
+    p.add_argument("prompt", help="the text prompt; for generate.task=qa the question")
+    p.add_argument("--out", default=None, help="the video to write (.mp4; a .gif and previews beside it)")
     _add_common(p)
 
     p = sub.add_parser("import-official", help="convert the released Video-LaVIT weights into this project's format")
@@ -78,8 +105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-mem-gb", type=float, default=80.0, help="GPU memory to check the plan against (default 80)")
     _add_common(p)
 
-    p = sub.add_parser("config", help="print the merged configuration")
-    p.add_argument("--stage", default=None)
+    p = sub.add_parser("config", help="print the merged configuration (--changed: only what differs from the paper)",
+                       description="Print the merged configuration: schema defaults (the paper's values) <- "
+                       "conf/base.yaml <- the profile <- params.yaml <- --overrides FILE <- key=value.")
+    p.add_argument("--stage", default=None, help="a stage or command whose view to print (generate, sweep, ...)")
+    p.add_argument("--changed", action="store_true",
+                   help="only the values that differ from the schemas' paper defaults, each with the layer that set "
+                        "it (conf/base.yaml, profile, params.yaml, command line) and the default")
     _add_common(p)
     return parser
 
@@ -141,12 +173,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(stage_summary(args.command, metrics))
         return 0
     if args.command == "config":
-        from omegaconf import OmegaConf
-
-        from videolavit.config import load_config
-
-        print(OmegaConf.to_yaml(load_config(profile=args.profile, stage=args.stage, overrides=overrides)))
-        return 0
+        return _config(args, overrides)
     if args.command == "show-motion":
         from videolavit.config import load_config
         from videolavit.video.visualize import show_motion
@@ -176,8 +203,33 @@ def _dispatch(args: argparse.Namespace) -> int:
     raise VideolavitError(f"unknown command {args.command}")
 
 
+def _config(args: argparse.Namespace, overrides: list) -> int:
+    from omegaconf import OmegaConf
+
+    from videolavit.cli_help import (
+        COMMANDS_WITHOUT_STAGE,
+        changed_values,
+        format_changed,
+    )
+    from videolavit.config import load_config
+
+    stage = None if args.stage in COMMANDS_WITHOUT_STAGE else args.stage
+    if args.changed:
+        rows = changed_values(args.profile, stage, overrides)
+        print(format_changed(rows, str(load_config(profile=args.profile, overrides=overrides).profile)))
+        return 0
+    cfg = load_config(profile=args.profile, stage=stage, overrides=overrides)
+    if args.stage in COMMANDS_WITHOUT_STAGE and args.stage.replace("-", "_") in cfg:
+        cfg = cfg[args.stage.replace("-", "_")]  # `config --stage generate`: the generate section
+    print(OmegaConf.to_yaml(cfg))
+    return 0
+
+
 def stage_summary(stage: str, metrics: dict) -> str:
     """One line after a stage (the numbers are in ``metrics/<stage>.json`` and MLflow, not dumped on stdout)."""
+    if stage == "check":
+        return (f"check: the configuration is valid for every stage; {int(metrics.get('keys', 0))} effective values "
+                "in params.effective.yaml")
     numeric = sum(1 for v in metrics.values() if isinstance(v, (int, float)) and not isinstance(v, bool))
     return f"{stage}: done, {numeric} metrics in metrics/{stage}.json (`dvc metrics show`, MLflow run of {stage})"
 

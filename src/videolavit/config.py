@@ -39,6 +39,7 @@ from videolavit.errors import ConfigError
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 PROFILES = ("tiny", "paper")
 STAGES = (
+    "check",  # validates the whole config and writes params.effective.yaml, before any stage touches outputs
     "corpus",
     "decompose",
     "motion_tokenizer",

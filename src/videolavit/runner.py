@@ -1,4 +1,6 @@
-"""How a stage runs: seeding, one MLflow run, metrics logged there and written to ``metrics/<stage>.json``.
+"""How a stage runs: inputs checked, seeding, one MLflow run, metrics logged there and written to
+``metrics/<stage>.json`` (flat numbers, what DVC compares), ``metrics/<stage>.notes.json`` (the strings: protocol,
+why a value is null) and ``metrics/plots/<stage>/<metric>.csv`` (each curve the run logged, for ``dvc plots``).
 
 Stage wiring every stage shares (corpus and report too, which must not load torch or Lightning), so it lives beside
 ``tracking`` rather than under ``stages/`` (no stage imports another) or ``training/`` (not every stage trains).
@@ -14,6 +16,7 @@ import os
 import socket
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -56,22 +59,68 @@ def quiet_third_party(terminal: bool | None = None) -> None:
 
 
 def write_metrics(cfg: DictConfig, stage: str, metrics: dict[str, float]) -> Path:
-    """``metrics/<stage>.json`` (for ``dvc metrics show``): keys as given, non-finite values as null."""
+    """``metrics/<stage>.json`` (for ``dvc metrics show/diff`` and ``dvc exp show``): the numeric keys only, flat,
+    non-finite values as null; anything else (a protocol label, notes on why a value is null) goes to
+    ``metrics/<stage>.notes.json`` (written only when there is some, removed when there is none)."""
     path = Path(cfg.paths.metrics) / f"{stage}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    clean = {}
+    clean, notes = {}, {}
     for key, value in sorted(metrics.items()):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             clean[key] = float(value) if math.isfinite(float(value)) else None
+        elif value is None:
+            clean[key] = None
         else:
-            clean[key] = value
+            notes[key] = value
     path.write_text(json.dumps(clean, indent=2) + "\n")
+    notes_path = notes_file(cfg, stage)
+    if notes:
+        notes_path.write_text(json.dumps(notes, indent=2, sort_keys=True, default=str) + "\n")
+    elif notes_path.exists():
+        notes_path.unlink()
     return path
+
+
+def notes_file(cfg: DictConfig, stage: str) -> Path:
+    """``metrics/<stage>.notes.json``: a stage's non-numeric results (not a DVC metric: DVC compares numbers)."""
+    return Path(cfg.paths.metrics) / f"{stage}.notes.json"
+
+
+def read_metrics(metrics_dir: str | os.PathLike, stage: str) -> dict:
+    """A stage's results as it returned them: ``<stage>.json`` with ``<stage>.notes.json`` merged in."""
+    base = Path(metrics_dir)
+    out = json.loads((base / f"{stage}.json").read_text())
+    notes = base / f"{stage}.notes.json"
+    if notes.is_file():
+        out.update(json.loads(notes.read_text()))
+    return out
+
+
+def write_plots(cfg: DictConfig, stage: str, run: "tracking.Run") -> list[Path]:
+    """``metrics/plots/<stage>/<metric>.csv`` (``step,<metric>``) for every metric the MLflow run logged at two or
+    more steps (training and validation curves); the folder is emptied first, so it holds this run's curves only."""
+    folder = Path(cfg.paths.metrics) / "plots" / stage
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.csv"):
+        old.unlink()
+    if not run.enabled:
+        return []
+    client = run.client()
+    written = []
+    for key in sorted(client.get_run(run.run_id).data.metrics):
+        history = sorted({m.step: m.value for m in client.get_metric_history(run.run_id, key)}.items())
+        if len(history) < 2:
+            continue
+        out = folder / (key.replace("/", "_").replace(" ", "_") + ".csv")
+        out.write_text(f"step,{key}\n" + "".join(f"{step},{value!r}\n" for step, value in history))
+        written.append(out)
+    return written
 
 
 def run_stage(cfg: DictConfig, stage: str, fn: Callable[[], dict]) -> dict[str, float]:
     """Seed, call ``fn()`` inside the stage's MLflow run (or the active one: a sweep trial), log and write its metrics,
     all under the stage's output lock (:func:`output_lock`)."""
+    check_inputs(cfg, stage)  # before the lock and the MLflow run: a missing input opens no FAILED run
     with output_lock(cfg, stage):
         seed_everything(int(cfg.seed))
         torch = sys.modules.get("torch")  # loaded by the stage's module when the stage uses it
@@ -84,8 +133,109 @@ def run_stage(cfg: DictConfig, stage: str, fn: Callable[[], dict]) -> dict[str, 
             with tracking.start_run(cfg, stage) as mlrun:
                 metrics = fn()
                 mlrun.log_metrics(_numeric(metrics))
+                if stage in PLOT_STAGES:
+                    write_plots(cfg, stage, mlrun)
         write_metrics(cfg, stage, metrics)
     return metrics
+
+
+@dataclass(frozen=True)
+class Input:
+    """What a stage reads: a data folder ``paths.<key>`` or a trained artifact (``videolavit.artifacts``) that the
+    config keys ``keys`` may point elsewhere; ``made_by`` is the stage that writes it."""
+
+    key: str  # "paths.clips" or "artifact:motion_tokenizer"
+    made_by: str
+    keys: tuple[str, ...] = ()
+    what: str = ""
+
+
+def _data(key: str, made_by: str, what: str) -> Input:
+    return Input(f"paths.{key}", made_by, what=what)
+
+
+def _model(name: str, made_by: str, *keys: str) -> Input:
+    return Input(f"artifact:{name}", made_by, keys)
+
+
+_CORPUS, _CLIPS, _TOKENS = (_data("corpus", "corpus", "the corpus"), _data("clips", "decompose", "the clip shards"),
+                            _data("tokens", "tokenize", "the token shards"))
+
+
+@dataclass(frozen=True)
+class StageIO:
+    """A stage's inputs (checked before its MLflow run opens), outputs and main config keys: what ``videolavit
+    <stage> --help`` prints under the stage module's docstring, with ``example``."""
+
+    inputs: tuple[Input, ...]
+    outputs: tuple[str, ...]
+    keys: tuple[str, ...]
+    example: str
+
+
+STAGE_IO: dict[str, StageIO] = {
+    "check": StageIO((), ("params.effective.yaml",), ("profile", "seed"), "videolavit check motion_tokenizer.model.codebook_size=64"),
+    "corpus": StageIO((), ("data/corpus/", "metrics/corpus.json"),
+                      ("corpus.source", "corpus.train_videos", "corpus.val_videos", "corpus.test_videos", "corpus.import_path"),
+                      "videolavit corpus corpus.train_videos=32"),
+    "decompose": StageIO((_CORPUS,), ("data/clips/", "metrics/decompose.json"),
+                         ("video.fps", "video.encode_width", "video.encode_height", "decompose.workers", "decompose.frame_codec"),
+                         "videolavit decompose decompose.workers=4"),
+    "motion_tokenizer": StageIO((_CLIPS,), ("models/motion_tokenizer/", "metrics/motion_tokenizer.json", "metrics/plots/motion_tokenizer/"),
+                                ("motion_tokenizer.model.codebook_size", "motion_tokenizer.model.dim",
+                                 "motion_tokenizer.optim.lr", "motion_tokenizer.train.max_steps", "motion_tokenizer.train.batch_size"),
+                                "videolavit motion_tokenizer motion_tokenizer.model.codebook_size=64 motion_tokenizer.train.max_steps=200"),
+    "visual_tokenizer": StageIO((_CLIPS, _CORPUS), ("models/visual_tokenizer/", "metrics/visual_tokenizer.json", "metrics/plots/visual_tokenizer/"),
+                                ("visual_tokenizer.model.codebook_size", "visual_tokenizer.model.keep_ratio",
+                                 "visual_tokenizer.model.teacher_path", "visual_tokenizer.optim.lr", "visual_tokenizer.train.max_steps"),
+                                "videolavit visual_tokenizer visual_tokenizer.model.keep_ratio=0.5"),
+    "tokenize": StageIO((_CORPUS, _CLIPS, _model("motion_tokenizer", "motion_tokenizer", "tokenize.motion_tokenizer_path"),
+                         _model("visual_tokenizer", "visual_tokenizer", "tokenize.visual_tokenizer_path")),
+                        ("data/tokens/", "metrics/tokenize.json"),
+                        ("tokenize.text_tokenizer_path", "tokenize.text_vocab_size", "tokenize.ablation_frames"),
+                        "videolavit tokenize --shard 0/4   # then 1/4 ... 3/4; the last one merges"),
+    "detokenizer": StageIO((_CLIPS, _model("motion_tokenizer", "motion_tokenizer", "detokenizer.motion_tokenizer_path"),
+                            _model("visual_tokenizer", "visual_tokenizer", "detokenizer.visual_tokenizer_path")),
+                           ("models/detokenizer/", "metrics/detokenizer.json", "metrics/plots/detokenizer/"),
+                           ("detokenizer.models", "detokenizer.video.motion_warp", "detokenizer.train.max_steps",
+                            "detokenizer.keyframe.vae_dir", "detokenizer.video.svd_dir"),
+                           "videolavit detokenizer detokenizer.train.max_steps=100"),
+    "pretrain": StageIO((_TOKENS,), ("models/lm_pretrain/", "metrics/pretrain.json", "metrics/plots/pretrain/"),
+                        ("lm.seq_len", "lm.model.pretrained_path", "pretrain.train.max_steps", "pretrain.optim.lr"),
+                        "videolavit pretrain pretrain.train.max_steps=500"),
+    "instruct": StageIO((_TOKENS, _CORPUS, _model("lm_pretrain", "pretrain", "instruct.init_from")),
+                        ("models/lm_instruct/", "metrics/instruct.json", "metrics/plots/instruct/"),
+                        ("instruct.init_from", "instruct.train.max_steps", "instruct.optim.lr"),
+                        "videolavit instruct instruct.train.max_steps=300"),
+    "evaluators": StageIO((_CORPUS, _CLIPS), ("models/evaluators/", "metrics/evaluators.json", "metrics/plots/evaluators/"),
+                          ("evaluators.train.max_steps",), "videolavit evaluators evaluators.train.max_steps=100"),
+    "evaluate": StageIO((_CORPUS, _CLIPS), ("metrics/evaluate.json", "metrics/evaluate.notes.json", "runs/evaluate/"),
+                        ("evaluate.protocol", "evaluate.parts", "generate.video_steps", "evaluate.i3d_path", "evaluate.clip_path"),
+                        "videolavit evaluate evaluate.parts=[qa] evaluate.protocol=tiny_v3"),
+    "report": StageIO((), ("reports/", "metrics/report.json"), ("report.experiment", "report.curve_stages"), "videolavit report report.experiment=videolavit"),
+}
+# the training stages: their curves go to metrics/plots/<stage>/ (declared as DVC plots in dvc.yaml)
+PLOT_STAGES = ("motion_tokenizer", "visual_tokenizer", "detokenizer", "pretrain", "instruct", "evaluators")
+
+
+def _is_url(path: str) -> bool:
+    return "://" in path or path.startswith("pipe:")
+
+
+def check_inputs(cfg: DictConfig, stage: str) -> None:
+    """Raise MissingArtifactError naming the first input of ``stage`` (:data:`STAGE_IO`) that is not there and the
+    stage that makes it. A remote or ``pipe:`` data location is left to the loader."""
+    from videolavit.artifacts import artifact
+    from videolavit.errors import require_path
+
+    spec = STAGE_IO.get(stage)
+    for item in spec.inputs if spec else ():
+        if item.key.startswith("artifact:"):
+            artifact(cfg, item.key.split(":", 1)[1], item.keys)
+            continue
+        value = str(cfg.paths[item.key.split(".", 1)[1]])
+        if not _is_url(value):
+            require_path(value, item.what, f"Run `videolavit {item.made_by}` (or `dvc repro {item.made_by}`) first.")
 
 
 def lock_path(cfg: DictConfig, stage: str) -> Path:

@@ -41,7 +41,7 @@ def git_sha() -> str:
         return "unknown"
 
 
-NOT_DIRTY = (":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)params.yaml")
+NOT_DIRTY = (":(exclude)dvc.lock", ":(exclude)metrics", ":(exclude)params.yaml", ":(exclude)params.effective.yaml")
 HASH_WHOLE_FILES_UP_TO = 64 << 20  # bigger dependency files are identified by size and mtime (a data shard)
 
 
