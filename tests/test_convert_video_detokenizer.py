@@ -83,6 +83,10 @@ def test_imported_detokenizer_takes_the_official_denoising_step(tmp_path):
         golden = GOLDEN["steps"][str(index)]
         assert _error(denoised, golden["denoised"]) < 1e-4
         assert _error(following, golden["next"]) < 1e-4
+    inputs = video_inputs_small()
+    coarse = inputs["motion"][..., ::2, ::2]  # motion at a coarser grid than the latents: resized bicubically
+    frames = model.sample(inputs["keyframe"], coarse, steps=2, generator=torch.Generator().manual_seed(0))
+    assert frames.shape == (2, VIDEO_SMALL["frames"], 3, *VIDEO_SMALL["latent"]) and frames.abs().max() <= 1
 
 
 @pytest.mark.parametrize("switch", [{"temporal_context": "broadcast"}, {"motion_input": "ours"}])

@@ -66,7 +66,7 @@ def _convert_language_model(release: Path, out: Path, options: dict) -> PartResu
 
 
 def _convert_video_detokenizer(release: Path, out: Path, options: dict) -> PartResult:
-    """U-Net + motion condition encoder (+ vae/, scheduler/) → DIR/video_detokenizer (VideoDetokenizer, official
+    """U-Net + motion condition encoder (+ vae/, scheduler/) → DIR/detokenizer/video (VideoDetokenizer, official
     variants); when the U-Net does not convert (incomplete, not its config's layout, a latent U-Net without vae/),
     the motion encoder alone does (status partial, the reason in the report)."""
     from videolavit.convert.checkpoint import read_state_dict
@@ -87,7 +87,8 @@ def _convert_video_detokenizer(release: Path, out: Path, options: dict) -> PartR
     except ReleaseFormatError as exc:
         return _encoder_only(source, encoder, options, out, f"the other {len(unet)} tensors (the U-Net) not: {exc}")
     del state
-    target = out / "video_detokenizer"
+    target = out / "detokenizer" / "video"  # generate.detokenizer_path=DIR/detokenizer: video/, keyframe/
+    target.parent.mkdir(parents=True, exist_ok=True)
     _write_atomically(target, model.save_pretrained)
     c, u = model.config, model.unet.config
     detail = (f"VideoDetokenizer (temporal_context per_pixel, motion_input official) {c['frames']}x{c['height']}x"
@@ -205,14 +206,38 @@ def _save_embedder(embedder, tmp: Path, eva_dir: Path) -> None:
     config_file.write_text(json.dumps(config, indent=2))
 
 
+def _convert_image_detokenizer(release: Path, out: Path, options: dict) -> PartResult:
+    """``image_detokenizer/`` (U-Net, VAE, scheduler) + the condition layers of the visual tokenizer's decoder file
+    -> DIR/detokenizer/keyframe (KeyframeDetokenizer, pool attention)."""
+    from videolavit.convert.checkpoint import read_state_dict
+    from videolavit.convert.keyframe_detokenizer import convert_keyframe_detokenizer
+
+    folder, decoder_file = release / "image_detokenizer", release / "visual_tokenizer" / DECODER_FILE
+    if not decoder_file.is_file():
+        return PartResult("image_detokenizer", "not_supported", [str(folder)],
+                          detail=f"its condition (unet_proj_1/2, unet_attnpool) is in {decoder_file}, missing")
+    model, notes, count = convert_keyframe_detokenizer(folder, read_state_dict(decoder_file), options,
+                                                       str(decoder_file))
+    target = out / "detokenizer" / "keyframe"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(target, model.save_pretrained)
+    c = model.config
+    detail = (f"KeyframeDetokenizer (pool attention, {c['pool_heads']} heads over {c['pool_tokens']} tokens) "
+              f"{c['image_size'][0]}x{c['image_size'][1]}, {c['cond_dim']}-d condition, "
+              f"{c['prediction_type']} {c['beta_schedule']}; VAE "
+              f"{type(model.vae).__name__ if model.vae is not None else 'none (pixel space)'}; "
+              "KeyframeDetokenizer.from_pretrained")
+    return PartResult("image_detokenizer", "converted", [str(folder), str(decoder_file)], str(target), detail, notes,
+                      count)
+
+
 PARTS: tuple[Part, ...] = (
     Part("motion_tokenizer", ("motion_tokenizer.bin",), _convert_motion_tokenizer),
     Part("language_model", ("language_model",), _convert_language_model),
     Part("video_detokenizer", ("video_detokenizer/unet/diffusion_pytorch_model.bin",), _convert_video_detokenizer),
     Part("visual_tokenizer", ("visual_tokenizer/tokenizer_encoder.bin",), _convert_visual_tokenizer),
     Part("understanding_lm", ("language_model_sft",), _convert_understanding_lm),
-    Part("image_detokenizer", ("image_detokenizer",), None,
-         "its AttentionPool2d condition has no counterpart in our keyframe detokenizer (mean + Linear)"),
+    Part("image_detokenizer", ("image_detokenizer", f"visual_tokenizer/{DECODER_FILE}"), _convert_image_detokenizer),
 )
 PART_NAMES = tuple(p.name for p in PARTS)
 

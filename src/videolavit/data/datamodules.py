@@ -244,7 +244,7 @@ class ClipDataModule(ResumableDataModule):
             workers = self.num_workers
         return DataLoader(
             dataset, batch_size=self.batch_size, collate_fn=collate_clips, num_workers=workers,
-            generator=self._generator(), persistent_workers=False,
+            generator=self._generator(), persistent_workers=False, pin_memory=self.pin_memory,
         )
 
     def _eval_dataloader(self, split: str) -> DataLoader:
@@ -257,7 +257,7 @@ class ClipDataModule(ResumableDataModule):
             workers = self.num_workers
         return DataLoader(
             dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_clips, num_workers=workers,
-            generator=self._generator(),
+            generator=self._generator(), pin_memory=self.pin_memory,
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -391,7 +391,8 @@ class ImageDataModule(ResumableDataModule):
         stream = ImageTrainStream(dataset, seed, self.batch_size, start_batch, rank, world)
         workers = 0 if dataset.cache is not None else self.num_workers  # decoded already: workers would only copy
         return DataLoader(
-            stream, batch_size=self.batch_size, collate_fn=collate_images, num_workers=workers, generator=self._generator()
+            stream, batch_size=self.batch_size, collate_fn=collate_images, num_workers=workers, generator=self._generator(),
+            pin_memory=self.pin_memory,
         )
 
     def _eval_dataloader(self, split: str) -> DataLoader:
@@ -399,7 +400,7 @@ class ImageDataModule(ResumableDataModule):
         workers = 0 if dataset.cache is not None else self.num_workers
         return DataLoader(
             dataset, batch_size=self.eval_batch_size, shuffle=False, collate_fn=collate_images, num_workers=workers,
-            generator=self._generator(),
+            generator=self._generator(), pin_memory=self.pin_memory,
         )
 
     def val_dataloader(self) -> DataLoader:

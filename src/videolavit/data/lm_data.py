@@ -361,7 +361,7 @@ class LMDataModule(ResumableDataModule):
 
     def _loader(self, dataset, batch_size, collate, workers: int = 0) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, collate_fn=collate, num_workers=workers, shuffle=False,
-                          generator=self._generator(), persistent_workers=False)
+                          generator=self._generator(), persistent_workers=False, pin_memory=self.pin_memory)
 
 
 class PretrainDataModule(LMDataModule):

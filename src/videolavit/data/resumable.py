@@ -14,6 +14,12 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 
+def uses_cuda(accelerator: Any) -> bool:
+    """Whether Lightning will train on CUDA for ``compute.accelerator`` (gpu/cuda, or auto with a visible GPU)."""
+    name = str(accelerator).lower()
+    return name in ("gpu", "cuda") or (name == "auto" and torch.cuda.is_available())
+
+
 def global_worker(rank: int, world: int, shift: int = 0) -> tuple[int, int, int]:
     """(this worker's index among all, how many in all, dataloader workers per rank).
 
@@ -40,6 +46,8 @@ class ResumableDataModule(L.LightningDataModule):
         super().__init__()
         self.seed = int(cfg.seed)
         self.num_workers = int(cfg.compute.num_workers or 0)
+        # page-locked host batches: the host-to-GPU copy runs asynchronously (no use, and a cost, without CUDA)
+        self.pin_memory = uses_cuda(cfg.compute.accelerator)
 
     def _rank(self) -> tuple[int, int]:
         trainer = self.trainer

@@ -7,7 +7,9 @@ tokenizer's decoded features by cross-attention.
   SD/SDXL U-Nets LaVIT starts from) or v = √ᾱ·ε − √(1−ᾱ)·x0 (`"v_prediction"`); loss = MSE to that target. With
   probability `cond_dropout` a sample's context is zeroed so that classifier-free guidance has an unconditional model.
 - SDXL-shaped U-Nets (``addition_embed_type="text_time"``, LaVIT's high-res decoder) also get SDXL micro-conditioning:
-  a pooled condition (token mean → Linear; LaVIT uses an attention pool) and time ids (H, W, 0, 0, H, W).
+  a pooled condition and time ids (H, W, 0, 0, H, W). The pooled condition is the token mean → Linear
+  (``pool="mean"``, the tiny recipe's) or, as the official decoder, an attention pool (``pool="attention"``, the paper
+  profile's: :class:`AttentionPool`).
 - Sampling: DDIM (η = 0, "trailing" spacing so the first step starts from pure noise); CFG with a ZERO context (and zero
   pooled condition) as the negative, as the official `image_decoding`. ``sample(..., latents=x_t, start_index=k)``
   continues a schedule part way, which the long-video noise constraint uses.
@@ -80,6 +82,40 @@ def loading_kwargs() -> dict:
     return {"low_cpu_mem_usage": importlib.util.find_spec("accelerate") is not None}
 
 
+class AttentionPool(nn.Module):
+    """Tokens [B, N, D] → one vector [B, out_dim]: their mean, prepended as a query, attends (multi-head) over itself
+    and the tokens, each place with a learned position embedding (CLIP's attention pool over a token sequence, as
+    the official image condition). A ``mask`` [B, N] (real tokens) keeps padding out of the mean and the keys."""
+
+    def __init__(self, tokens: int, dim: int, heads: int, out_dim: int):
+        super().__init__()
+        if dim % heads:
+            raise ConfigError(f"attention pool: width {dim} is not divisible by pool_heads={heads}")
+        self.heads = heads
+        self.position = nn.Parameter(torch.randn(tokens + 1, dim) / dim**0.5)  # [N + 1, D]: the mean first
+        self.query, self.key, self.value = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.out = nn.Linear(dim, out_dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, D = x.shape
+        if N + 1 > self.position.shape[0]:
+            raise ValueError(f"the attention pool was built for {self.position.shape[0] - 1} tokens, got {N}")
+        weight = torch.ones(B, N, dtype=x.dtype, device=x.device) if mask is None else mask.to(x.dtype)
+        mean = (x * weight[..., None]).sum(1, keepdim=True) / weight.sum(1).clamp(min=1)[:, None, None]
+        seq = torch.cat([mean, x], dim=1) + self.position[: N + 1].to(x.dtype)  # [B, N + 1, D]
+        h = self.heads
+
+        def split(t):  # [B, L, D] → [B, heads, L, D / heads]
+            return t.reshape(B, t.shape[1], h, D // h).transpose(1, 2)
+
+        keys = None
+        if mask is not None:  # the mean's own place is always a key
+            keys = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=x.device), mask.bool()], dim=1)[:, None, None]
+        q = split(self.query(seq[:, :1]))  # only the mean's output is the pooled vector
+        pooled = F.scaled_dot_product_attention(q, split(self.key(seq)), split(self.value(seq)), attn_mask=keys)
+        return self.out(pooled.transpose(1, 2).reshape(B, D))
+
+
 def weights_variant(folder: Path) -> str | None:
     """``"fp16"`` when a diffusers folder only holds fp16 weights (as SD/SVD downloads often do), else None."""
     if not any(folder.glob("diffusion_pytorch_model.safetensors*")) and any(folder.glob("*.fp16.safetensors")):
@@ -104,12 +140,18 @@ class KeyframeDetokenizer(nn.Module):
         num_train_timesteps: int = 1000,
         cond_dropout: float = 0.1,
         gradient_checkpointing: bool = False,
+        pool: str = "mean",
+        pool_heads: int = 16,
+        pool_tokens: int | None = None,
         *,
         unet_model: nn.Module | None = None,
         vae: nn.Module | None = None,
     ):
         super().__init__()
         from diffusers import DDIMScheduler, UNet2DConditionModel
+
+        if pool not in ("mean", "attention"):
+            raise ConfigError(f"pool must be 'mean' or 'attention', got {pool!r}")
 
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ConfigError(f"prediction_type must be 'epsilon' or 'v_prediction', got {prediction_type!r}")
@@ -124,6 +166,9 @@ class KeyframeDetokenizer(nn.Module):
             "num_train_timesteps": int(num_train_timesteps),
             "cond_dropout": float(cond_dropout),
             "gradient_checkpointing": bool(gradient_checkpointing),
+            "pool": pool,
+            "pool_heads": int(pool_heads),
+            "pool_tokens": int(pool_tokens) if pool_tokens is not None else None,
         }
         self.vae = vae if vae is not None else (load_vae(vae_dir) if vae_dir else None)
         if self.vae is not None:
@@ -157,7 +202,12 @@ class KeyframeDetokenizer(nn.Module):
             pooled = (
                 self.unet.config.projection_class_embeddings_input_dim - 6 * self.unet.config.addition_time_embed_dim
             )
-            self.pool_proj = nn.Linear(cond_dim, pooled)
+            if pool == "attention":
+                if pool_tokens is None:
+                    raise ConfigError("pool='attention' needs pool_tokens (the visual tokenizer's decoded tokens)")
+                self.pool_proj = AttentionPool(int(pool_tokens), cond_dim, int(pool_heads), pooled)
+            else:
+                self.pool_proj = nn.Linear(cond_dim, pooled)
         elif self.unet.config.addition_embed_type is not None:
             raise ConfigError(
                 f"keyframe U-Nets with addition_embed_type={self.unet.config.addition_embed_type!r} are not supported"
@@ -203,15 +253,19 @@ class KeyframeDetokenizer(nn.Module):
             raise ValueError(f"cond_mask must be {list(cond.shape[:2])}, got {list(cond_mask.shape)}")
         context = {"encoder_hidden_states": self.cond_proj(cond), "encoder_attention_mask": cond_mask}  # [B, N, D]
         if self.pool_proj is not None:
-            weight = (
-                torch.ones(cond.shape[:2], dtype=cond.dtype, device=cond.device)
-                if cond_mask is None
-                else cond_mask.to(cond.dtype)
-            )
-            pooled = (cond * weight[..., None]).sum(1) / weight.sum(1, keepdim=True).clamp(min=1)  # [B, cond_dim]
+            if isinstance(self.pool_proj, AttentionPool):
+                text_embeds = self.pool_proj(cond, cond_mask)
+            else:
+                weight = (
+                    torch.ones(cond.shape[:2], dtype=cond.dtype, device=cond.device)
+                    if cond_mask is None
+                    else cond_mask.to(cond.dtype)
+                )
+                pooled = (cond * weight[..., None]).sum(1) / weight.sum(1, keepdim=True).clamp(min=1)  # [B, cond_dim]
+                text_embeds = self.pool_proj(pooled)
             H, W = self.config["image_size"]
             time_ids = torch.tensor([[H, W, 0, 0, H, W]], dtype=cond.dtype, device=cond.device).expand(cond.shape[0], 6)
-            context["added_cond_kwargs"] = {"text_embeds": self.pool_proj(pooled), "time_ids": time_ids}
+            context["added_cond_kwargs"] = {"text_embeds": text_embeds, "time_ids": time_ids}
         return context
 
     @staticmethod

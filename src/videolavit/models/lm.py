@@ -173,8 +173,11 @@ def build_lm(
 # ---- per-modality loss ----------------------------------------------------------------------------------------------
 
 
-def modality_loss_sums(logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab) -> dict[str, tuple[torch.Tensor, int]]:
-    """Summed next-token loss and target count per modality, for token-weighted averaging over batches."""
+def modality_loss_sums(
+    logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab, check_ids: bool = True
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Summed next-token loss and target count (0-d tensors on the logits' device) per modality, for token-weighted
+    averaging over batches. Masked sums, no boolean indexing: nothing waits for the device except ``check_ids``."""
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
         raise ValueError(f"logits must be [B, L, V], labels [B, L]; got {tuple(logits.shape)}, {tuple(labels.shape)}")
     if logits.shape[-1] < vocab.size:
@@ -182,17 +185,18 @@ def modality_loss_sums(logits: torch.Tensor, labels: torch.Tensor, vocab: Vocab)
     # labels are aligned with input_ids (the transformers convention): position t predicts labels[t + 1].
     targets = labels[:, 1:].reshape(-1)  # [B·(L-1)]
     valid = targets != IGNORE_INDEX
-    bad = valid & ((targets < 0) | (targets >= vocab.size))
-    if bad.any():
-        raise ValueError(f"label id {int(targets[bad][0])} is outside the vocabulary of {vocab.size} ids")
+    if check_ids:  # a host sync: the training step checks its first batch only
+        bad = valid & ((targets < 0) | (targets >= vocab.size))
+        if bad.any():
+            raise ValueError(f"label id {int(targets[bad][0])} is outside the vocabulary of {vocab.size} ids")
     per_token = F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), targets, ignore_index=IGNORE_INDEX, reduction="none"
-    )  # [B·(L-1)]
+    )  # [B·(L-1)], 0 where ignored
     group = (targets >= vocab.text_size).long() + (targets >= vocab.mov_start).long()  # 0 text, 1 visual, 2 motion
     out = {}
     for index, name in enumerate(("text", "visual", "motion")):
         sel = valid & (group == index)
-        out[name] = (per_token[sel].sum(), int(sel.sum()))
+        out[name] = (per_token.masked_fill(~sel, 0.0).sum(), sel.sum())
     return out
 
 

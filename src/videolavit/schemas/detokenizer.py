@@ -44,6 +44,10 @@ class KeyframeDetokenizerConfig:
     num_train_timesteps: int = at_least(1, 1000)
     cond_dropout: float = fraction(0.1)  # classifier-free guidance: the condition is zeroed with this probability
     gradient_checkpointing: bool = True  # recompute U-Net block activations in backward (paper scale needs it)
+    # SDXL-shaped U-Nets' pooled condition: attention (the official AttentionPool2d over the decoded tokens, its
+    # pool_heads) | mean (token mean -> Linear)
+    pool: str = "attention"
+    pool_heads: int = at_least(1, 16)
 
 
 @dataclass

@@ -100,13 +100,18 @@ def video_kwargs(cfg: DictConfig) -> dict:
     return kwargs
 
 
-def keyframe_kwargs(cfg: DictConfig, cond_dim: int) -> dict:
-    """KeyframeDetokenizer arguments; ``cond_dim`` is the visual tokenizer's decoded-feature width."""
+def keyframe_kwargs(cfg: DictConfig, cond_dim: int, cond_tokens: int | None = None) -> dict:
+    """KeyframeDetokenizer arguments; ``cond_dim`` is the visual tokenizer's decoded-feature width, ``cond_tokens``
+    its decoded tokens (None: from visual_tokenizer.model's image and patch size)."""
     k = cfg.detokenizer.keyframe
     kwargs = {name: section_kwargs(k)[name] for name in (
         "unet_dir", "vae_dir", "prediction_type", "beta_schedule", "num_train_timesteps", "cond_dropout",
-        "gradient_checkpointing",
+        "gradient_checkpointing", "pool", "pool_heads",
     )}
+    if cond_tokens is None:
+        vt = cfg.visual_tokenizer.model
+        cond_tokens = (int(vt.image_size or cfg.video.keyframe_size) // int(vt.patch_size)) ** 2
+    kwargs["pool_tokens"] = int(cond_tokens)
     size = k.image_size
     if size is None:
         video = video_kwargs(cfg)
@@ -206,7 +211,8 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     tokenizers = load_tokenizers(cfg, models, need_motion="video" in models)
     records = read_eval_clips(cfg)
     _check_clips(cfg, records, tokenizers)
-    kf_kwargs = keyframe_kwargs(cfg, tokenizers.visual.target_dim) if "keyframe" in models else None
+    kf_kwargs = (keyframe_kwargs(cfg, tokenizers.visual.target_dim, tokenizers.visual.num_patches)
+                 if "keyframe" in models else None)
     module = DetokenizerModule(
         kf_kwargs,
         video_kwargs(cfg) if "video" in models else None,

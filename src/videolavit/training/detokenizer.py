@@ -14,9 +14,9 @@ from videolavit.errors import MissingArtifactError
 from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
 from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.video_detokenizer import VideoDetokenizer
-from videolavit.models.visual_tokenizer import VisualTokenizer
+from videolavit.models.visual_tokenizer import VisualTokenizer, preprocess_images
 from videolavit.training.optim import adamw_with_cosine, decay_groups
-from videolavit.training.trainer import ResumableRNG
+from videolavit.training.trainer import ResumableRNG, TrainLoss
 
 NO_DECAY = ("embedding",)  # position tables of the motion encoder
 
@@ -36,10 +36,18 @@ class FrozenTokenizers:
                 model.to(device)
         return self
 
+    def keyframe_pixels(self, keyframes: torch.Tensor) -> torch.Tensor:
+        """uint8 keyframes [B, S, S, 3] on the host → the visual tokenizer's input [B, 3, S', S'], still on the host
+        (the training module makes it before the batch moves, so no step copies keyframes back from the GPU)."""
+        return preprocess_images(keyframes, self.visual.image_size)
+
     @torch.no_grad()
     def keyframe_condition(self, keyframes: torch.Tensor) -> torch.Tensor:
-        """uint8 keyframes [B, S, S, 3] → decoded features of their own visual codes [B, N, D]."""
+        """Keyframes (uint8 [B, S, S, 3], or ``keyframe_pixels``' floats) → decoded features of their own visual codes
+        [B, N, D]."""
         vt = self.visual
+        if keyframes.is_floating_point():  # padded, on the device: no per-image code lists, no host sync
+            return vt.own_code_features(keyframes.to(vt.queries.device))
         codes = vt.encode(vt.preprocess(keyframes.cpu()))  # preprocess moves them to the tokenizer's device
         return vt.decode_features(codes)
 
@@ -49,7 +57,7 @@ class FrozenTokenizers:
         return self.motion.decode(self.motion.encode(motion))
 
 
-class DetokenizerModule(ResumableRNG, L.LightningModule):
+class DetokenizerModule(TrainLoss, ResumableRNG, L.LightningModule):
     """Both detokenizers: the sum of their diffusion losses, AdamW (a group per model) with cosine warm-up. Noise
     levels, noise and condition dropout draw from the global RNG, which ResumableRNG restores on resume."""
 
@@ -75,7 +83,6 @@ class DetokenizerModule(ResumableRNG, L.LightningModule):
         # the video model steps on every n-th batch, on its first `video_batch_size` clips (the keyframe model on all)
         self.video_every_n_steps, self.video_batch_size = max(1, int(video_every_n_steps)), video_batch_size
         self.tokenizers: Optional[FrozenTokenizers] = None
-        self.last_losses: dict[str, float] = {}
 
     def attach(self, tokenizers: FrozenTokenizers) -> "DetokenizerModule":
         self.tokenizers = tokenizers
@@ -90,6 +97,11 @@ class DetokenizerModule(ResumableRNG, L.LightningModule):
         if self.video is not None:
             return self.video.config["height"], self.video.config["width"]
         return tuple(self.keyframe.config["image_size"])
+
+    def on_before_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
+        if self.keyframe is not None and self.tokenizers is not None and "keyframe" in batch:
+            batch["keyframe"] = self.tokenizers.keyframe_pixels(batch["keyframe"])  # on the host, before the copy
+        return batch
 
     def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
         if "frames" not in batch:
@@ -128,7 +140,7 @@ class DetokenizerModule(ResumableRNG, L.LightningModule):
         losses = self.losses(batch)
         loss = sum(losses.values())
         self.log_dict({f"train/{k}": v for k, v in {"loss": loss, **losses}.items()})
-        self.last_losses.update({f"train/{k}": float(v.detach()) for k, v in {"loss": loss, **losses}.items()})
+        self.remember_train_loss(loss, **losses)  # the video loss of its last step stays when it skips one
         return loss
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

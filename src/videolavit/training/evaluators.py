@@ -15,6 +15,7 @@ from videolavit.data.manifest import SPLITS, read_manifest, read_meta
 from videolavit.errors import ConfigError
 from videolavit.models.evaluators import IGNORE_LABEL, CorpusCLIP, VideoAttributeClassifier
 from videolavit.training.optim import adamw_with_cosine, decay_groups
+from videolavit.training.trainer import TrainLoss
 
 class ClipLabels:
     """(video id, clip number) → attribute values and caption, from the corpus manifest and meta.json."""
@@ -162,7 +163,7 @@ class EvaluatorMetrics:
         }
 
 
-class EvaluatorsModule(L.LightningModule):
+class EvaluatorsModule(TrainLoss, L.LightningModule):
     """Both evaluators trained side by side: summed attribute cross-entropies + the CLIP's InfoNCE."""
 
     def __init__(
@@ -179,7 +180,6 @@ class EvaluatorsModule(L.LightningModule):
         self.clip = CorpusCLIP(**clip_kwargs) if clip_kwargs else None
         self.optim, self.max_steps, self.labels, self.eval_frames = optim, int(max_steps), labels, int(eval_frames)
         self.evaluation: Optional[EvaluatorMetrics] = None
-        self.last_train_loss = float("nan")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         frames = batch["frames"]  # [B, T, H, W, 3] uint8
@@ -187,13 +187,15 @@ class EvaluatorsModule(L.LightningModule):
         if self.classifier is not None:
             target = self.labels.labels(batch["meta"]).to(frames.device)  # [B, A]
             logits = self.classifier.classify(as_videos(frames))
-            terms = [
-                F.cross_entropy(logits[name], target[:, j], ignore_index=IGNORE_LABEL)
-                for j, name in enumerate(self.labels.attributes) if (target[:, j] != IGNORE_LABEL).any()
-            ]
-            if terms:
-                logs["train/classifier_loss"] = torch.stack(terms).mean()
-                loss = loss + logs["train/classifier_loss"]
+            # the mean over the attributes this batch labels, as masked sums (no host sync on which ones)
+            known = (target != IGNORE_LABEL).sum(0)  # [A] labelled clips per attribute
+            terms = torch.stack([
+                F.cross_entropy(logits[name], target[:, j], ignore_index=IGNORE_LABEL, reduction="sum") / known[j].clamp(min=1)
+                for j, name in enumerate(self.labels.attributes)
+            ])
+            present = (known > 0).to(terms.dtype)
+            logs["train/classifier_loss"] = (terms * present).sum() / present.sum().clamp(min=1)
+            loss = loss + logs["train/classifier_loss"]
         if self.clip is not None:
             b, t = frames.shape[:2]
             picks = torch.randint(0, t, (b,), device=frames.device)  # one random frame per clip
@@ -206,7 +208,7 @@ class EvaluatorsModule(L.LightningModule):
             loss = loss + logs["train/clip_loss"]
         logs["train/loss"] = loss
         self.log_dict(logs, batch_size=frames.shape[0])
-        self.last_train_loss = float(loss.detach())
+        self.remember_train_loss(loss)
         return loss
 
     def on_validation_epoch_start(self) -> None:

@@ -19,13 +19,13 @@ from videolavit.models.lm import modality_loss_sums
 from videolavit.training.optim import adamw_with_cosine
 from videolavit.training.checkpoints import fit as fit_from
 from videolavit.training.checkpoints import verify_checkpoint
-from videolavit.training.trainer import checkpoint_dir, make_trainer, resume_checkpoint
+from videolavit.training.trainer import TrainLoss, checkpoint_dir, make_trainer, resume_checkpoint
 from videolavit.vocab import Vocab
 
 MODALITIES = ("text", "visual", "motion")
 
 
-class LanguageModelModule(L.LightningModule):
+class LanguageModelModule(TrainLoss, L.LightningModule):
     """Next-token loss of a transformers causal LM over the labels of each batch (IGNORE = no loss), per modality."""
 
     def __init__(self, model, vocab: Vocab, optim: dict, max_steps: int):
@@ -34,24 +34,28 @@ class LanguageModelModule(L.LightningModule):
         # Recorded before any strategy wraps the model: under FSDP every parameter becomes a 1-D shard.
         self.param_roles = lm_param_roles(model)
         self.optim, self.max_steps = dict(optim), int(max_steps)
-        self.last_train_loss = float("nan")
         self._val: dict[str, list[float]] = {}
+        self._ids_checked = False
+        self._modality_last: dict[str, torch.Tensor] = {}
 
-    def loss_sums(self, batch: dict) -> tuple[torch.Tensor, dict]:
+    def loss_sums(self, batch: dict, check_ids: bool = True) -> tuple[torch.Tensor, dict]:
         logits = self.model(input_ids=batch["input_ids"], use_cache=False).logits  # [B, L, V]
-        sums = modality_loss_sums(logits, batch["labels"], self.vocab)
+        sums = modality_loss_sums(logits, batch["labels"], self.vocab, check_ids=check_ids)
         count = sum(n for _, n in sums.values())
         total = sum(s for s, _ in sums.values())
-        return total / max(count, 1), sums
+        return total / count.clamp(min=1), sums
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, sums = self.loss_sums(batch)
+        loss, sums = self.loss_sums(batch, check_ids=not self._ids_checked)
+        self._ids_checked = True
         logs = {"train/loss": loss}
         for name, (total, count) in sums.items():
-            if count:
-                logs[f"train/loss_{name}"] = total / count
+            # a batch without this modality logs its last value (decided on the device: no host sync)
+            last = self._modality_last.get(name, torch.full_like(total, float("nan")))
+            self._modality_last[name] = logs[f"train/loss_{name}"] = torch.where(
+                count > 0, total.detach() / count.clamp(min=1), last)
         self.log_dict(logs, batch_size=batch["input_ids"].shape[0])
-        self.last_train_loss = float(loss.detach())
+        self.remember_train_loss(loss)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -61,7 +65,7 @@ class LanguageModelModule(L.LightningModule):
         _, sums = self.loss_sums(batch)
         for name, (total, count) in sums.items():
             self._val[name][0] += float(total)
-            self._val[name][1] += count
+            self._val[name][1] += int(count)
 
     def on_validation_epoch_end(self) -> None:
         metrics = token_weighted(self._val, self.all_reduce_sum)
@@ -147,7 +151,7 @@ class TokenThroughput(L.Callback):
         self.batches += 1
         # Wall time between batch ends covers data, forward, backward and optimizer; the first batches warm up.
         if self._last is not None and self.batches > self.warmup_steps:
-            self.tokens += int(batch["lengths"].sum())
+            self.tokens = self.tokens + batch["lengths"].sum()  # a device tensor: read at log time, not per step
             self.seconds += now - self._last
         self._last = now
         if self.seconds and trainer.global_step % max(1, trainer.log_every_n_steps) == 0:
@@ -155,7 +159,7 @@ class TokenThroughput(L.Callback):
 
     @property
     def tokens_per_second(self) -> float:
-        return self.tokens / self.seconds if self.seconds else float("nan")
+        return float(self.tokens) / self.seconds if self.seconds else float("nan")
 
 
 def peak_memory_gb() -> float:
@@ -271,7 +275,7 @@ def evaluate_loss(model, loader, vocab: Vocab) -> dict[str, float]:
             logits = model(input_ids=batch["input_ids"].to(device), use_cache=False).logits
             for name, (total, count) in modality_loss_sums(logits, batch["labels"].to(device), vocab).items():
                 sums[name][0] += float(total)
-                sums[name][1] += count
+                sums[name][1] += int(count)
     model.train(was_training)
     return token_weighted(sums)
 

@@ -15,7 +15,7 @@ from videolavit.metrics.motion import MotionEPE
 from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.quantizer import code_statistics
 from videolavit.training.optim import adamw_with_cosine, decay_groups
-from videolavit.training.trainer import ResumableRNG
+from videolavit.training.trainer import ResumableRNG, TrainLoss
 from videolavit.video.motion import denormalize_motion
 
 SAMPLE_FRAMES = (1, 6, 11, 13, 18, 23)  # frames drawn in the validation figure (0 and 12 are I-frames)
@@ -68,7 +68,7 @@ class MotionEvaluation:
         }
 
 
-class MotionTokenizerModule(ResumableRNG, L.LightningModule):
+class MotionTokenizerModule(TrainLoss, ResumableRNG, L.LightningModule):
     """Reconstruction (``loss``: MSE, EPE or both) + commitment loss; AdamW, cosine warm-up; exact resume with the RNG
     state (dead-code restarts draw from it)."""
 
@@ -90,7 +90,6 @@ class MotionTokenizerModule(ResumableRNG, L.LightningModule):
         self.samples_dir = Path(samples_dir) if samples_dir else None
         self.evaluation: Optional[MotionEvaluation] = None
         self.sample: Optional[tuple[torch.Tensor, torch.Tensor]] = None
-        self.last_train_loss = float("nan")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         motion = batch["motion"]  # [B, 2, T, h, w]
@@ -98,7 +97,7 @@ class MotionTokenizerModule(ResumableRNG, L.LightningModule):
         rec_loss = reconstruction_loss(out["reconstruction"], motion, self.loss_kind, self.video_cfg)
         loss = rec_loss + out["vq_loss"]
         self.log_dict({"train/loss": loss, "train/rec_loss": rec_loss, "train/vq_loss": out["vq_loss"]}, prog_bar=False)
-        self.last_train_loss = float(loss.detach())
+        self.remember_train_loss(loss)
         return loss
 
     def on_validation_epoch_start(self) -> None:

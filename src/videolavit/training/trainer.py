@@ -50,6 +50,21 @@ def trainer_topology(cfg: DictConfig, stage: str, train_cfg: Any) -> dict:
     )
 
 
+def enable_tf32(accelerator) -> bool:
+    """On CUDA, fp32 matmuls and convolutions run on TF32 tensor cores (what bf16-mixed leaves in fp32: the loss, the
+    VAE, norms); returns whether it did. CPU runs are left as they are."""
+    import torch
+
+    from videolavit.data.resumable import uses_cuda
+
+    if not uses_cuda(accelerator):
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.set_float32_matmul_precision("high")
+    return True
+
+
 def progress_callbacks(stage: str, enable_progress_bar: Optional[bool] = None) -> list:
     """A step-counted bar on a terminal, periodic log lines otherwise (pipes, ``dvc repro | cat``, SLURM);
     ``enable_progress_bar=False``: neither."""
@@ -83,6 +98,7 @@ def make_trainer(
         from lightning.pytorch.loggers import MLFlowLogger
 
         loggers.append(MLFlowLogger(tracking_uri=run.uri, run_id=run.run_id, experiment_name=cfg.tracking.experiment))
+    enable_tf32(cfg.compute.accelerator)
     progress = progress_callbacks(stage, enable_progress_bar)
     enable_progress_bar = bool(progress) and not isinstance(progress[0], PipeProgress)
     kwargs = dict(
@@ -106,6 +122,27 @@ def make_trainer(
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
+
+
+class TrainLoss:
+    """LightningModule mixin: the last training losses kept as detached tensors on the training device (a training
+    step calls ``remember_train_loss``); they are read as floats once, after fit, so no step waits for the GPU."""
+
+    _train_losses: Optional[dict] = None
+
+    def remember_train_loss(self, loss: Any, **parts: Any) -> None:
+        kept = dict(self._train_losses or {})
+        kept.update({"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}})
+        self._train_losses = kept
+
+    @property
+    def last_train_loss(self) -> float:
+        return float(self._train_losses["loss"]) if self._train_losses else float("nan")
+
+    @property
+    def last_losses(self) -> dict[str, float]:
+        """``train/<name>``: the last value of each remembered loss."""
+        return {f"train/{k}": float(v) for k, v in (self._train_losses or {}).items()}
 
 
 class ResumableRNG:
