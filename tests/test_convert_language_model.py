@@ -62,6 +62,18 @@ def test_logits_match_the_official_transformers(imported):
     assert float(logits.abs().max()) == pytest.approx(scale, rel=1e-4)
 
 
+def test_the_imported_lm_loads_as_this_platforms_lm_checkpoint(imported):
+    """What generate and evaluate load (models/lm_checkpoint.py): the weights, the text tokenizer and vocab.json."""
+    from videolavit.models.lm_checkpoint import load_lm_checkpoint
+    from videolavit.vocab import PAPER_VOCAB
+
+    model, tokenizer, vocab = load_lm_checkpoint(imported / "language_model", dtype="float32")
+    assert vocab == PAPER_VOCAB and model.get_input_embeddings().weight.shape[0] == PAPER_VOCAB.size
+    assert tokenizer("a red circle").input_ids[0] == tokenizer.bos_token_id
+    info = json.loads((imported / "language_model" / "vocab.json").read_text())
+    assert info["special_ids"]["[MOV]"] == 48386 and info["source"] == "import-official"
+
+
 def test_the_slow_tokenizer_becomes_a_fast_one_with_the_same_ids(imported):
     from videolavit.data.text_tokenizer import load_text_tokenizer
 

@@ -68,14 +68,17 @@ def _read_config(source: Path) -> dict:
 
 
 def convert_language_model(
-    source: Path, out: Path, writer: Callable, drop_prefixes: tuple[str, ...] = ()
+    source: Path, out: Path, writer: Callable, drop_prefixes: tuple[str, ...] = (), vocab_info: dict | None = None
 ) -> tuple[str, list[str], int]:
-    """Write ``out`` (config, safetensors shards, tokenizer); return (summary, notes, tensor count).
+    """Write ``out`` (config, safetensors shards, tokenizer, ``vocab.json``); return (summary, notes, tensor count).
 
     ``drop_prefixes``: tensors of modules our LM does not have (the understanding LM's embedded tokenizers), skipped
-    and counted in a note."""
+    and counted in a note. ``vocab_info``: extra ``vocab.json`` keys (e.g. the conversation template)."""
+    from videolavit.vocab import PAPER_VOCAB
+
     source = Path(source)
     config = _read_config(source)
+    rows = int(config["vocab_size"])
     layout = llama_layout(config)
     files = _weight_files(source)
     notes: list[str] = []
@@ -131,14 +134,18 @@ def convert_language_model(
             notes.append(f"dropped {dropped} rotary_emb.inv_freq buffer(s) (recomputed from the config)")
         notes.extend(f"left out {n} '{p}*' tensor(s): no such module in our LM" for p, n in skipped.items())
         notes.append(_fast_tokenizer(tmp))
+        if rows == PAPER_VOCAB.size:  # the official id layout (vocab.py): what load_lm_checkpoint needs beside it
+            from videolavit.models.lm_checkpoint import VOCAB_FILE, write_lm_vocab
+
+            write_lm_vocab(tmp, PAPER_VOCAB, source="import-official", **(vocab_info or {}))
+            notes.append(f"{VOCAB_FILE}: the paper id layout {PAPER_VOCAB.text_size} text + {PAPER_VOCAB.visual_codes} "
+                         f"visual + {PAPER_VOCAB.motion_codes} motion codes + 4 specials")
         count = len(weight_map)
 
     writer(out, write)
-    from videolavit.vocab import PAPER_VOCAB
-
-    rows = int(config["vocab_size"])
     if rows != PAPER_VOCAB.size:
-        notes.append(f"vocab_size {rows} is not the paper layout's {PAPER_VOCAB.size}: set vocab sizes to match")
+        notes.append(f"vocab_size {rows} is not the paper layout's {PAPER_VOCAB.size}: no vocab.json written, so "
+                     "generate/evaluate cannot load it until one says its text/visual/motion sizes")
     detail = (
         f"Llama, {config['num_hidden_layers']} layers, hidden {config['hidden_size']}, {rows} ids, "
         f"{len(files)} shard(s) -> safetensors"

@@ -175,7 +175,9 @@ def _convert_understanding_lm(release: Path, out: Path, options: dict) -> PartRe
     source, target = release / "language_model_sft", out / "understanding_lm"
     # VideoLaVITLlamaModel builds both tokenizers inside the LM; their tensors in its shards are not the LM's
     drop = ("model.visual_tokenizer.", "model.motion_tokenizer.")
-    detail, notes, count = convert_language_model(source, target, writer=_write_atomically, drop_prefixes=drop)
+    # the released SFT weights end answers with a literal "\n" (data/conversation.py VIDEO_LAVIT_RELEASED)
+    detail, notes, count = convert_language_model(source, target, writer=_write_atomically, drop_prefixes=drop,
+                                                  vocab_info={"template": "video_lavit_released"})
     found = [str(p) for p in (source, source / "visual_weight.bin") if p.exists()]
     tokenizer_files = [release / "visual_tokenizer" / n for n in (ENCODER_FILE, DECODER_FILE)]
     if not (source / "visual_weight.bin").is_file() or not all(p.is_file() for p in tokenizer_files):

@@ -159,6 +159,23 @@ def qa_baselines(items: Sequence[dict], train_convs: Sequence[Any], all_convs: S
     return out
 
 
+def baseline_metrics(results: Results, prefix: str, video: list, image: list, train_convs, all_convs, split: str) -> None:
+    """``<prefix>chance_<type>`` / ``<prefix>prior_<type>`` of the video questions, ``<prefix>{chance,prior}_image``."""
+    for chosen, name in ((video, None), (image, "image")):
+        if not chosen:
+            continue
+        base = qa_baselines(chosen, train_convs, all_convs)
+        if name is None:
+            results.update({k.replace("val/qa_", prefix): v for k, v in base.items()})
+        else:
+            counts = defaultdict(int)
+            for i in chosen:
+                counts[i["type"]] += 1
+            for kind in ("chance", "prior"):
+                results.set(f"{prefix}{kind}_image", sum(base[f"val/qa_{kind}_{t}"] * n for t, n in counts.items()) / len(chosen))
+    results.missing([f"{prefix}chance_{t}" for t in QA_TYPES], f"no video questions of this type in the '{split}' split")
+
+
 def evaluate_qa(cfg: DictConfig, protocol: DictConfig, results: Results, out_dir: Path) -> None:
     from videolavit.data.lm_data import load_media_records
     from videolavit.data.tokens import read_token_meta, vocab_from_meta
@@ -198,19 +215,7 @@ def evaluate_qa(cfg: DictConfig, protocol: DictConfig, results: Results, out_dir
 
     all_convs = [c for split in ("train", "val", "test") for c in _conversations(tokens, split)]
     train_convs = _conversations(tokens, "train")
-    for chosen, name in ((video, None), (image, "image")):
-        if not chosen:
-            continue
-        base = qa_baselines(chosen, train_convs, all_convs)
-        if name is None:
-            results.update({k.replace("val/qa_", "qa/"): v for k, v in base.items()})
-        else:
-            counts = defaultdict(int)
-            for i in chosen:
-                counts[i["type"]] += 1
-            for kind in ("chance", "prior"):
-                results.set(f"qa/{kind}_image", sum(base[f"val/qa_{kind}_{t}"] * n for t, n in counts.items()) / len(chosen))
-    results.missing([f"qa/chance_{t}" for t in QA_TYPES], f"no video questions of this type in the '{qa.split}' split")
+    baseline_metrics(results, "qa/", video, image, train_convs, all_convs, qa.split)
 
     if qa.no_motion_ablation:
         no_motion_ablation(cfg, protocol, results, models, video, shards, answer, predictions)

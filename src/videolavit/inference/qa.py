@@ -100,6 +100,22 @@ def answer_with_features(model, tokenizer, vocab: Vocab, embedder, media_ids_lis
     ``media_ids_list[i]``: the medium's ids (its ``[IMG] … [/IMG]`` spans are placeholders, motion spans stay ids);
     ``images_list[i]``: uint8 [H, W, 3] images, one per image span in order; ``embedder``: a ``VisualEmbedder``.
     """
+    features_list = []
+    for images in images_list:
+        has_images = images is not None and len(images) > 0
+        features_list.append(embedder(embedder.tokenizer.preprocess(np.stack(images))) if has_images else [])
+    scored = answer_from_features(model, tokenizer, vocab, media_ids_list, features_list, questions, max_new_tokens,
+                                  template)
+    return [answer for answer, _ in scored]
+
+
+@torch.no_grad()
+def answer_from_features(model, tokenizer, vocab: Vocab, media_ids_list, features_list, questions,
+                         max_new_tokens: int = 16, template="vicuna_v1") -> list[tuple[str, float]]:
+    """(greedy answer, its log-probability) per question; ``features_list[i]``: one [k, hidden] tensor per image span
+    of ``media_ids_list[i]`` (the ``VisualEmbedder``'s output), spliced into the prompt's ``inputs_embeds``.
+
+    The log-probability sums the chosen tokens' (the closing EOS included when reached) under the text-only mask."""
     from videolavit.models.understanding import embed_with_features
 
     t = get_template(template) if isinstance(template, str) else template
@@ -111,20 +127,21 @@ def answer_with_features(model, tokenizer, vocab: Vocab, embedder, media_ids_lis
     was_training = model.training
     model.eval()
     try:
-        for prompt, images in zip(prompts, images_list):
-            has_images = images is not None and len(images) > 0
-            features = embedder(embedder.tokenizer.preprocess(np.stack(images))) if has_images else []
+        for prompt, features in zip(prompts, features_list):
             embeds = embed_with_features(model, prompt, features, vocab)
             result = model(inputs_embeds=embeds[None], use_cache=True)
             out: list[int] = []
+            logprob = 0.0
             while len(out) < max_new_tokens:
-                token = int(text_only(None, result.logits[:, -1]).argmax(-1))
+                scores = text_only(None, result.logits[:, -1].float()).log_softmax(-1)  # [1, V]
+                token = int(scores.argmax(-1))
+                logprob += float(scores[0, token])
                 if token == eos:
                     break
                 out.append(token)
                 step = torch.tensor([[token]], device=device)
                 result = model(input_ids=step, past_key_values=result.past_key_values, use_cache=True)
-            answers.append(_clean_answer(tokenizer.decode(out, skip_special_tokens=True), t))
+            answers.append((_clean_answer(tokenizer.decode(out, skip_special_tokens=True), t), logprob))
     finally:
         model.train(was_training)
     return answers

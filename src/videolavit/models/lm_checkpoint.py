@@ -24,17 +24,25 @@ def save_lm_checkpoint(model, tokenizer, vocab: Vocab, out_dir, state_dict: Opti
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out), state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(str(out))
+    write_lm_vocab(out, vocab, **extra)
+    return out
+
+
+def write_lm_vocab(out_dir, vocab: Vocab, **extra: Any) -> Path:
+    """``vocab.json`` of an LM directory: the id layout (and ``extra``), what ``load_lm_checkpoint`` reads."""
     info = {"text_size": vocab.text_size, "visual_codes": vocab.visual_codes, "motion_codes": vocab.motion_codes,
             "size": vocab.size, "special_ids": vocab.special_ids, **extra}
-    (out / VOCAB_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return out
+    path = Path(out_dir) / VOCAB_FILE
+    path.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return path
 
 
 def read_lm_vocab(directory) -> tuple[Vocab, dict]:
     """The vocabulary of a saved LM and everything else its vocab.json holds."""
     path = Path(directory) / VOCAB_FILE
     if not path.is_file():
-        raise MissingArtifactError(f"'{directory}' has no {VOCAB_FILE}: not an LM saved by the pretrain/instruct stages")
+        raise MissingArtifactError(f"'{directory}' has no {VOCAB_FILE}: not an LM saved by the pretrain/instruct stages "
+                                   "or imported by `videolavit import-official`")
     info = json.loads(path.read_text())
     return Vocab(int(info["text_size"]), int(info["visual_codes"]), int(info["motion_codes"])), info
 

@@ -414,6 +414,13 @@ class EvaluateStageConfig:
     i3d_path: Optional[str] = None  # local StyleGAN-V i3d_torchscript.pt → t2v/fvd_i3d (else the corpus classifier)
     clip_path: Optional[str] = None  # local CLIP (transformers) directory → t2v/clipsim_clip (else the corpus CLIP)
     reference_motion_tokens: Optional[int] = None  # N of the main runs; None: the profile's motion tokenizer grid
+    # An import-official DIR/understanding_lm (the released SFT LM + visual_input/): the QA protocol also answered by it
+    # through continuous image features (qa_imported/*, ablation_no_motion/qa_imported/*); None: not run
+    understanding_lm: Optional[str] = None
+    understanding_motion_tokenizer: Optional[str] = None  # its motion tokenizer; None: DIR/motion_tokenizer beside it
+    # which parts run, of qa (the instruct LM), qa_imported (evaluate.understanding_lm), t2v, recon; None: qa, t2v,
+    # recon, and qa_imported when evaluate.understanding_lm is set. A part left out has null metrics, saying so
+    parts: Optional[list] = None
 
 
 register_section("evaluate", EvaluateStageConfig)

@@ -13,6 +13,9 @@
   video detokenizer re-rendering clips from their first frame + tokenized motion (PSNR/SSIM over frames 2…T, beside
   repeating the first frame); keyframe detokenizer re-rendering keyframes from their visual tokens.
 - ``tokens/*``: motion tokens per clip (N, paper Table 7) and the token saving measured by the tokenize stage.
+- ``qa_imported/*`` (with ``evaluate.understanding_lm``): the same QA answered by the released understanding LM
+  imported by ``videolavit import-official``, images and keyframes as continuous features (evaluation/qa_imported.py).
+  ``evaluate.parts`` picks the parts that run (``[qa_imported]``: the released model alone, no trained models needed).
 A value that cannot be computed is null, and ``notes`` in the JSON says why. A run whose motion tokenizer grid differs
 from the profile's is tagged ``videolavit.ablation=tokens_<N>`` (the report's Table 7 groups runs by N).
 """
@@ -27,10 +30,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from videolavit import tracking
 from videolavit.artifacts import artifact
-from videolavit.errors import require_path
+from videolavit.errors import ConfigError, require_path
 from videolavit.evaluation.extractors import Extractors, build_extractors, feed_real_clips
 from videolavit.evaluation.protocol import NO_MOTION, QA_TYPES, Results, load_protocol, with_sampling
 from videolavit.evaluation.qa import evaluate_qa
+from videolavit.evaluation.qa_imported import evaluate_qa_imported
 from videolavit.evaluation.recon import evaluate_recon
 from videolavit.evaluation.t2v import evaluate_t2v
 from videolavit.runner import stage_entry
@@ -42,13 +46,31 @@ REQUIRED = (
     "t2v/attribute_acc", "t2v/attribute_acc_direction", "recon/motion_epe", "recon/video_psnr",
     "recon/video_psnr_static_baseline", "tokens/saving", "tokens/motion_per_clip",
 )  # plus t2v/fvd_<extractor> and t2v/clipsim_<extractor>
+PARTS = ("qa", "qa_imported", "t2v", "recon")
+PART_KEYS = {"qa": ("qa/", f"{NO_MOTION}qa/"), "t2v": ("t2v/",), "recon": ("recon/",)}
+
+
+def evaluate_parts(cfg: DictConfig) -> list[str]:
+    """``evaluate.parts`` checked; None: qa, t2v, recon, and qa_imported when ``evaluate.understanding_lm`` is set."""
+    ev = cfg.evaluate
+    if ev.parts is None:
+        return ["qa", *(["qa_imported"] if ev.understanding_lm else []), "t2v", "recon"]
+    parts = [str(p) for p in ev.parts]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ConfigError(f"evaluate.parts: unknown {unknown}; the parts are {list(PARTS)}")
+    if "qa_imported" in parts and not ev.understanding_lm:
+        raise ConfigError("evaluate.parts has qa_imported but evaluate.understanding_lm is not set (an import-official "
+                          "DIR/understanding_lm)")
+    return parts
 
 
 # ---- tokens, tags, the stage ----------------------------------------------------------------------------------------
 
 
-def token_metrics(cfg: DictConfig, results: Results, motion_tokens: int) -> None:
-    results.set("tokens/motion_per_clip", float(motion_tokens))
+def token_metrics(cfg: DictConfig, results: Results, motion_tokens: int | None) -> None:
+    results.set("tokens/motion_per_clip", None if motion_tokens is None else float(motion_tokens),
+                "no motion tokenizer was loaded (evaluate.parts)")
     path = Path(cfg.paths.metrics) / "tokenize.json"
     if not path.is_file():
         results.set("tokens/saving", None, f"{path} not found: run `videolavit tokenize`")
@@ -72,9 +94,11 @@ def reference_motion_tokens(cfg: DictConfig) -> int:
     return t * h * w
 
 
-def run_tags(label: str, motion_tokens: int, reference: int) -> dict[str, str]:
+def run_tags(label: str, motion_tokens: int | None, reference: int) -> dict[str, str]:
     """Provenance tags; a motion tokenizer grid other than the reference marks the run as the Table 7 ablation."""
     tags = {"videolavit.protocol": label, "videolavit.qa_metric": "exact_match"}
+    if motion_tokens is None:
+        return tags
     tags["videolavit.motion_tokens"] = str(motion_tokens)
     if motion_tokens != reference:
         tags["videolavit.ablation"] = f"tokens_{motion_tokens}"
@@ -87,6 +111,7 @@ def run(cfg: DictConfig) -> dict:
     from videolavit.inference.pipeline import VideoLaVITPipeline
 
     started = time.perf_counter()
+    parts = evaluate_parts(cfg)
     protocol, label = load_protocol(cfg.evaluate.protocol, list(cfg.evaluate.protocol_overrides))
     reference = reference_motion_tokens(cfg)  # before the long part: a config problem here fails fast
     cfg = with_sampling(cfg, protocol.sampling)
@@ -97,26 +122,43 @@ def run(cfg: DictConfig) -> dict:
     (out_dir / "protocol.yaml").write_text(OmegaConf.to_yaml(protocol))
     results, seconds = Results(), {}
 
-    evaluate_qa(cfg, protocol, results, out_dir)
-    seconds["qa"] = time.perf_counter() - started
+    if "qa" in parts:
+        evaluate_qa(cfg, protocol, results, out_dir)
+        seconds["qa"] = time.perf_counter() - started
+    motion_tokens = ext = None
+    if "qa_imported" in parts:
+        from videolavit.inference.loading import device_of
 
-    lm_path = artifact(cfg, "lm_pretrain", ("evaluate.generation_lm_path", "generate.lm_path"))
-    pipe = VideoLaVITPipeline(load_models(cfg, lm_path=lm_path), cfg, seed=cfg.generate.seed)
-    motion_tokens = pipe.m.motion_tokenizer.tokens_per_clip
+        mark = time.perf_counter()
+        motion_tokens = evaluate_qa_imported(cfg, protocol, results, out_dir, device_of(cfg))
+        seconds["qa_imported"] = time.perf_counter() - mark
+
+    if "t2v" in parts or "recon" in parts:
+        lm_path = artifact(cfg, "lm_pretrain", ("evaluate.generation_lm_path", "generate.lm_path"))
+        pipe = VideoLaVITPipeline(load_models(cfg, lm_path=lm_path), cfg, seed=cfg.generate.seed)
+        motion_tokens = pipe.m.motion_tokenizer.tokens_per_clip
+        clips_dir = require_path(cfg.paths.clips, "clip shards", "Run `videolavit decompose` first.")
+        ext = build_extractors(cfg, protocol)
     token_metrics(cfg, results, motion_tokens)
-    clips_dir = require_path(cfg.paths.clips, "clip shards", "Run `videolavit decompose` first.")
-    ext = build_extractors(cfg, protocol)
-    results.set("count/t2v_real_clips", float(feed_real_clips(ext, clips_dir, protocol.t2v.split, protocol.t2v.real_clips)))
-    mark = time.perf_counter()
-    evaluate_t2v(cfg, protocol, results, pipe, ext, out_dir)
-    seconds["t2v"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    evaluate_recon(cfg, protocol, results, pipe, ext)
-    seconds["recon"] = time.perf_counter() - mark
-    results.missing(REQUIRED, "not computed")
+    if "t2v" in parts:
+        results.set("count/t2v_real_clips", float(feed_real_clips(ext, clips_dir, protocol.t2v.split, protocol.t2v.real_clips)))
+        mark = time.perf_counter()
+        evaluate_t2v(cfg, protocol, results, pipe, ext, out_dir)
+        seconds["t2v"] = time.perf_counter() - mark
+    if "recon" in parts:
+        mark = time.perf_counter()
+        evaluate_recon(cfg, protocol, results, pipe, ext)
+        seconds["recon"] = time.perf_counter() - mark
+    for part, prefixes in PART_KEYS.items():
+        if part not in parts:
+            results.missing([k for k in REQUIRED if k.startswith(prefixes)], f"'{part}' is not among evaluate.parts")
+    results.missing([k for k in REQUIRED if k not in results.metrics], "not computed")
 
     run = tracking.active()
-    run.set_tags(run_tags(label, motion_tokens, reference))
+    tags = run_tags(label, motion_tokens, reference)
+    if "qa_imported" in parts:
+        tags["videolavit.qa_imported_lm"] = str(cfg.evaluate.understanding_lm)
+    run.set_tags(tags)
     run.log_artifact(out_dir, "evaluate")
     results.update({f"seconds/{k}": v for k, v in seconds.items()})
     results.set("seconds", time.perf_counter() - started)
@@ -126,7 +168,7 @@ def run(cfg: DictConfig) -> dict:
     return metrics
 
 
-def _print_summary(m: dict, ext: Extractors, label: str) -> None:
+def _print_summary(m: dict, ext: Extractors | None, label: str) -> None:
     def f(key: str, scale: float = 1.0) -> str:
         value = m.get(key)
         return "—" if value is None else f"{value * scale:.3g}"
@@ -137,9 +179,14 @@ def _print_summary(m: dict, ext: Extractors, label: str) -> None:
           f"motion {f('qa/video_acc_motion')} (chance {f('qa/chance_motion')}), temporal {f('qa/video_acc_temporal')}]; "
           f"w/o motion {f(NO_MOTION + 'qa/video_acc')} [motion {f(NO_MOTION + 'qa/video_acc_motion')}]; "
           f"image {f('qa/image_acc')}")
-    print(f"  T2V: {ext.fvd_key} {f(ext.fvd_key)}, {ext.clipsim_key} {f(ext.clipsim_key)}, "
-          f"attributes {f('t2v/attribute_acc')} "
-          f"(direction {f('t2v/attribute_acc_direction')}, real clips {f('t2v/attribute_acc_real')})")
+    if "qa_imported/metric" in m:
+        q = "qa_imported/"
+        print(f"  QA of the imported understanding LM ({m.get(q + 'lm')}): video {f(q + 'video_acc')} [motion "
+              f"{f(q + 'video_acc_motion')}]; w/o motion {f(NO_MOTION + q + 'video_acc')}; image {f(q + 'image_acc')}")
+    if ext is not None:
+        print(f"  T2V: {ext.fvd_key} {f(ext.fvd_key)}, {ext.clipsim_key} {f(ext.clipsim_key)}, "
+              f"attributes {f('t2v/attribute_acc')} "
+              f"(direction {f('t2v/attribute_acc_direction')}, real clips {f('t2v/attribute_acc_real')})")
     names = sorted(k[len("t2v/attribute_chance_"):] for k in m if k.startswith("t2v/attribute_chance_"))
     if names:  # where an attribute is lost: the classifier (real), the detokenizers (own tokens) or the LM (generated)
         print("  T2V attribute accuracy, generated / real clips through their own tokens / real clips (chance): " + ", ".join(
