@@ -127,6 +127,28 @@ def test_missing_inputs_open_no_mlflow_run(tiny_cfg_factory, tmp_path):
                   "instruct", dict)
 
 
+def test_plots_hold_the_curves_the_run_logged(tiny_cfg_factory, tmp_path):
+    """metrics/plots/<stage>/<metric>.csv: each metric logged at 2+ steps, not the final values (logged at step 0
+    after the stage returns), not Lightning's epoch counter; the folder holds only this run's curves."""
+    from videolavit import tracking
+    from videolavit.runner import run_stage
+
+    cfg = tiny_cfg_factory(f"tracking.uri=sqlite:///{tmp_path / 'plots.db'}", f"paths.clips={tmp_path}")
+    folder = Path(cfg.paths.metrics) / "plots" / "motion_tokenizer"
+    folder.mkdir(parents=True)
+    (folder / "stale.csv").write_text("step,old\n")
+
+    def fn():
+        for step in (10, 20, 40):
+            tracking.active().log_metrics({"train/loss": 1.0 / step, "epoch": 0.0}, step=step)
+        tracking.active().log_metrics({"val/epe": 0.5}, step=40)
+        return {"train/loss": 0.01, "val/epe": 0.5}
+
+    run_stage(cfg, "motion_tokenizer", fn)
+    assert sorted(p.name for p in folder.iterdir()) == ["train_loss.csv"]
+    assert (folder / "train_loss.csv").read_text().splitlines() == ["step,train/loss", "10,0.1", "20,0.05", "40,0.025"]
+
+
 @pytest.mark.slow
 def test_dvc_experiment_carries_metrics_and_a_typo_deletes_nothing(tmp_path):
     """A trimmed pipeline (check + corpus, 2 videos) under a real `dvc exp run`."""

@@ -96,6 +96,9 @@ def read_metrics(metrics_dir: str | os.PathLike, stage: str) -> dict:
     return out
 
 
+NOT_CURVES = ("epoch",)  # Lightning logs the epoch number beside every metric
+
+
 def write_plots(cfg: DictConfig, stage: str, run: "tracking.Run") -> list[Path]:
     """``metrics/plots/<stage>/<metric>.csv`` (``step,<metric>``) for every metric the MLflow run logged at two or
     more steps (training and validation curves); the folder is emptied first, so it holds this run's curves only."""
@@ -108,6 +111,8 @@ def write_plots(cfg: DictConfig, stage: str, run: "tracking.Run") -> list[Path]:
     client = run.client()
     written = []
     for key in sorted(client.get_run(run.run_id).data.metrics):
+        if key in NOT_CURVES:
+            continue
         history = sorted({m.step: m.value for m in client.get_metric_history(run.run_id, key)}.items())
         if len(history) < 2:
             continue
@@ -132,9 +137,9 @@ def run_stage(cfg: DictConfig, stage: str, fn: Callable[[], dict]) -> dict[str, 
         else:
             with tracking.start_run(cfg, stage) as mlrun:
                 metrics = fn()
-                mlrun.log_metrics(_numeric(metrics))
-                if stage in PLOT_STAGES:
+                if stage in PLOT_STAGES:  # before the final values are logged (at step 0, not a point of a curve)
                     write_plots(cfg, stage, mlrun)
+                mlrun.log_metrics(_numeric(metrics))
         write_metrics(cfg, stage, metrics)
     return metrics
 
