@@ -152,7 +152,7 @@ def test_parts_are_checked(world):
     from videolavit.errors import ConfigError
     from videolavit.stages.evaluate import evaluate_parts
 
-    root, overrides = world
+    _, overrides = world
     cfg = load_config(profile="tiny", overrides=overrides, params_file=None)
     assert evaluate_parts(cfg) == ["qa", "qa_imported", "t2v", "recon"]
     plain = load_config(profile="tiny", params_file=None)
@@ -169,7 +169,7 @@ def test_a_motion_tokenizer_of_another_codebook_is_refused(world, tmp_path):
     from videolavit.evaluation.qa_imported import load_understanding
     from videolavit.models.motion_tokenizer import MotionTokenizer
 
-    root, overrides = world
+    _, overrides = world
     MotionTokenizer(frames=16, height=8, width=16, dim=8, depth=12, heads=2, code_dim=4, codebook_size=64
                     ).save_pretrained(tmp_path / "mt")
     cfg = load_config(profile="tiny", overrides=[*overrides, f"evaluate.understanding_motion_tokenizer={tmp_path / 'mt'}"],
