@@ -132,6 +132,12 @@ def test_the_imported_lm_answers_and_is_scored_through_evaluate(world, evaluated
     # the instruct LM's QA and the generation parts did not run, and say why; no trained model was needed
     assert metrics["qa/video_acc"] is None and "evaluate.parts" in metrics["notes"]["qa/video_acc"]
     assert metrics["recon/motion_epe"] is None and "evaluate.parts" in metrics["notes"]["recon/motion_epe"]
+    # N is this platform's motion tokenizer's (none loaded here); the imported one's is its own key
+    from videolavit.models.motion_tokenizer import MotionTokenizer
+
+    released = MotionTokenizer.from_pretrained(Path(cfg.evaluate.understanding_lm).parent / "motion_tokenizer")
+    assert metrics["tokens/motion_per_clip"] is None
+    assert metrics["qa_imported/motion_tokens_per_clip"] == released.tokens_per_clip
 
 
 def test_the_answers_come_from_the_features(world, evaluated, monkeypatch):
@@ -161,6 +167,14 @@ def test_parts_are_checked(world):
         evaluate_parts(load_config(profile="tiny", overrides=[PARTS], params_file=None))
     with pytest.raises(ConfigError, match="unknown"):
         evaluate_parts(load_config(profile="tiny", overrides=["evaluate.parts=[qa,fvd]"], params_file=None))
+
+
+def test_a_run_without_qa_t2v_and_recon_is_never_a_main_row_of_the_report():
+    from videolavit.stages.evaluate import run_tags
+
+    assert "videolavit.ablation" not in run_tags("paper_v1@1", 135, 135, ["qa", "qa_imported", "t2v", "recon"])
+    tags = run_tags("paper_v1@1", None, 135, ["qa_imported"])
+    assert tags["videolavit.ablation"] == "parts_qa_imported" and "videolavit.motion_tokens" not in tags
 
 
 def test_a_motion_tokenizer_of_another_codebook_is_refused(world, tmp_path):

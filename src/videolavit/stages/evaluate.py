@@ -47,6 +47,7 @@ REQUIRED = (
     "recon/video_psnr_static_baseline", "tokens/saving", "tokens/motion_per_clip",
 )  # plus t2v/fvd_<extractor> and t2v/clipsim_<extractor>
 PARTS = ("qa", "qa_imported", "t2v", "recon")
+MAIN_PARTS = ("qa", "t2v", "recon")  # a run with all three can be a main row of the report
 PART_KEYS = {"qa": ("qa/", f"{NO_MOTION}qa/"), "t2v": ("t2v/",), "recon": ("recon/",)}
 
 
@@ -94,9 +95,12 @@ def reference_motion_tokens(cfg: DictConfig) -> int:
     return t * h * w
 
 
-def run_tags(label: str, motion_tokens: int | None, reference: int) -> dict[str, str]:
-    """Provenance tags; a motion tokenizer grid other than the reference marks the run as the Table 7 ablation."""
+def run_tags(label: str, motion_tokens: int | None, reference: int, parts=MAIN_PARTS) -> dict[str, str]:
+    """Provenance tags; a motion tokenizer grid other than the reference marks the run as the Table 7 ablation, and a
+    run without all of qa, t2v and recon is tagged ``parts_<...>`` so the report's main rows never come from it."""
     tags = {"videolavit.protocol": label, "videolavit.qa_metric": "exact_match"}
+    if not set(MAIN_PARTS) <= set(parts):
+        tags["videolavit.ablation"] = "parts_" + "+".join(parts)
     if motion_tokens is None:
         return tags
     tags["videolavit.motion_tokens"] = str(motion_tokens)
@@ -125,12 +129,13 @@ def run(cfg: DictConfig) -> dict:
     if "qa" in parts:
         evaluate_qa(cfg, protocol, results, out_dir)
         seconds["qa"] = time.perf_counter() - started
-    motion_tokens = ext = None
+    motion_tokens = ext = None  # N of this platform's motion tokenizer (the pipeline's), not the imported one's
     if "qa_imported" in parts:
         from videolavit.inference.loading import device_of
 
         mark = time.perf_counter()
-        motion_tokens = evaluate_qa_imported(cfg, protocol, results, out_dir, device_of(cfg))
+        results.set("qa_imported/motion_tokens_per_clip",
+                    float(evaluate_qa_imported(cfg, protocol, results, out_dir, device_of(cfg))))
         seconds["qa_imported"] = time.perf_counter() - mark
 
     if "t2v" in parts or "recon" in parts:
@@ -155,7 +160,7 @@ def run(cfg: DictConfig) -> dict:
     results.missing([k for k in REQUIRED if k not in results.metrics], "not computed")
 
     run = tracking.active()
-    tags = run_tags(label, motion_tokens, reference)
+    tags = run_tags(label, motion_tokens, reference, parts)
     if "qa_imported" in parts:
         tags["videolavit.qa_imported_lm"] = str(cfg.evaluate.understanding_lm)
     run.set_tags(tags)
@@ -175,10 +180,11 @@ def _print_summary(m: dict, ext: Extractors | None, label: str) -> None:
 
     print(f"evaluate ({label}) in {f('seconds')} s "
           f"(qa {f('seconds/qa')}, t2v {f('seconds/t2v')}, recon {f('seconds/recon')})")
-    print(f"  QA exact match (not GPT-judged): video {f('qa/video_acc')} [appearance {f('qa/video_acc_appearance')}, "
-          f"motion {f('qa/video_acc_motion')} (chance {f('qa/chance_motion')}), temporal {f('qa/video_acc_temporal')}]; "
-          f"w/o motion {f(NO_MOTION + 'qa/video_acc')} [motion {f(NO_MOTION + 'qa/video_acc_motion')}]; "
-          f"image {f('qa/image_acc')}")
+    if "seconds/qa" in m:
+        print(f"  QA exact match (not GPT-judged): video {f('qa/video_acc')} [appearance {f('qa/video_acc_appearance')}, "
+              f"motion {f('qa/video_acc_motion')} (chance {f('qa/chance_motion')}), temporal {f('qa/video_acc_temporal')}]; "
+              f"w/o motion {f(NO_MOTION + 'qa/video_acc')} [motion {f(NO_MOTION + 'qa/video_acc_motion')}]; "
+              f"image {f('qa/image_acc')}")
     if "qa_imported/metric" in m:
         q = "qa_imported/"
         print(f"  QA of the imported understanding LM ({m.get(q + 'lm')}): video {f(q + 'video_acc')} [motion "
