@@ -71,6 +71,10 @@ class MissingArtifactError(VideolavitError):
     """A stage needs the output of an earlier stage (or a pretrained local path) that is not there."""
 
 
+class UnsafeCheckpointError(VideolavitError):
+    """A weights file holds more than tensors (a pickle that would run code): refused unread, naming the file."""
+
+
 def require_path(path: str | os.PathLike, what: str, hint: str) -> Path:
     """The path, or a MissingArtifactError naming what is missing and how to make it."""
     p = Path(path)

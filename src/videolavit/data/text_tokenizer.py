@@ -35,10 +35,12 @@ def load_text_tokenizer(path, text_size: Optional[int] = None):
         )
     from transformers import AutoTokenizer
 
+    from videolavit.pretrained import LOCAL, load_error
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), **LOCAL)
     except Exception as exc:  # OSError/ValueError from transformers with hub hints that do not apply offline
-        raise MissingArtifactError(f"cannot load a text tokenizer from '{path}': {exc}") from None
+        raise load_error(exc, directory, "a text tokenizer") from None
     if not getattr(tokenizer, "is_fast", False):
         raise ConfigError(f"the tokenizer in '{path}' is a slow tokenizer; save it with tokenizer.json (a fast one)")
     return _check_text_size(tokenizer, text_size, str(path))

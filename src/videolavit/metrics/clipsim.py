@@ -42,11 +42,16 @@ class LocalCLIP(nn.Module):
             raise MissingArtifactError(f"CLIP directory {path} does not exist (nothing is downloaded at run time)")
         from transformers import CLIPModel, CLIPProcessor
 
+        from videolavit.pretrained import LOCAL, load_error
+
         try:
             # The processor first: a missing tokenizer file fails before a large model is read.
-            self.processor = CLIPProcessor.from_pretrained(path, local_files_only=True)
-            self.model = CLIPModel.from_pretrained(path, local_files_only=True).eval()
-        except (OSError, ValueError, TypeError) as exc:
+            self.processor = CLIPProcessor.from_pretrained(path, **LOCAL)
+            self.model = CLIPModel.from_pretrained(path, **LOCAL).eval()
+        except Exception as exc:
+            refused = load_error(exc, path, "evaluate.clip_path")
+            if not isinstance(refused, MissingArtifactError):  # a refused pickle or auto_map: say that
+                raise refused from None
             raise MissingArtifactError(
                 f"{path} is not a complete CLIP directory (needs the model, tokenizer and image-processor files that "
                 f"CLIPModel/CLIPProcessor.save_pretrained write): {exc}"

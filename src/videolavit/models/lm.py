@@ -90,15 +90,17 @@ def _load_pretrained(path: str, dtype: torch.dtype | None, attn_implementation: 
         )
     if not (local / "config.json").is_file():
         raise MissingArtifactError(f"lm pretrained_path {str(local)!r} has no config.json (not a transformers model)")
-    kwargs: dict[str, Any] = {"local_files_only": True}
+    from videolavit.pretrained import LOCAL, load_error
+
+    kwargs: dict[str, Any] = {}
     if dtype is not None:
         kwargs["dtype"] = dtype
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        return AutoModelForCausalLM.from_pretrained(str(local), **kwargs)
-    except (OSError, ValueError) as err:
-        raise MissingArtifactError(f"lm pretrained_path {str(local)!r} could not be loaded: {err}") from err
+        return AutoModelForCausalLM.from_pretrained(str(local), **LOCAL, **kwargs)
+    except Exception as err:  # OSError/ValueError, a refused pickle (UnpicklingError): named, not a traceback
+        raise load_error(err, local, "lm.model.pretrained_path") from None
 
 
 @torch.no_grad()

@@ -217,12 +217,12 @@ def load_vision_teacher(path: str) -> nn.Module:
         return VisionEncoder.from_pretrained(directory).eval().requires_grad_(False)
     from transformers import AutoModel
 
+    from videolavit.pretrained import LOCAL, load_error
+
     try:
-        model = AutoModel.from_pretrained(str(directory), local_files_only=True)
+        model = AutoModel.from_pretrained(str(directory), **LOCAL)
     except Exception as exc:  # transformers raises OSError/ValueError with long messages; name the path instead
-        raise MissingArtifactError(
-            f"cannot load a transformers vision model from teacher_path '{path}': {exc}"
-        ) from None
+        raise load_error(exc, directory, "visual_tokenizer.model.teacher_path") from None
     tower = getattr(model, "vision_model", model)  # CLIPModel / SiglipModel → their vision tower
     tower.eval().requires_grad_(False)
     return tower
