@@ -2,7 +2,7 @@
 
 Order (a module may import its own level or below, never above):
 
-    0 foundation   errors, vocab, constraints, config + schemas, sweep_spec, lean_imports   (pure: imported by every room)
+    0 foundation   errors, vocab, constraints, pretrained, config + schemas, sweep_spec, lean_imports   (pure: imported by every room)
     1 video        codec level: PyAV + numpy, no torch; takes its config section as an argument
     2 data
     3 models, metrics      nn.Modules / torchmetrics Metrics over tensors (metrics feed evaluation and validation)
@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tools"))
 import project_imports
 
 LEVELS = {
-    "errors": 0, "vocab": 0, "constraints": 0, "config": 0, "schemas": 0, "sweep_spec": 0, "lean_imports": 0,
+    "errors": 0, "vocab": 0, "constraints": 0, "pretrained": 0, "config": 0, "schemas": 0, "sweep_spec": 0, "lean_imports": 0,
     "video": 1,
     "data": 2,
     "models": 3, "metrics": 3,
