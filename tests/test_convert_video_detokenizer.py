@@ -109,3 +109,18 @@ def test_an_incomplete_unet_leaves_the_encoder_converted_and_says_why(tmp_path):
     assert result.status == "partial"
     assert "1 missing, e.g. ['conv_in.weight']" in result.detail
     assert Path(result.output).name == "motion_condition_encoder"
+
+
+def test_the_per_pixel_grid_indices_are_the_officials_at_the_paper_sizes():
+    """The official temporal context resizes the 16×16 grid with scale_factor=(h/16, w/16), ours with size=(h, w): the
+    same nearest indices at every level of the paper's 40×72 latents (and of 1024² / 576×1024 ones)."""
+    import torch.nn.functional as F
+
+    from videolavit.models.temporal_context import per_pixel_time_context
+
+    grid = torch.randn(2 * 3, 256, 4)  # B·T grid tokens
+    for h, w in [(40, 72), (20, 36), (10, 18), (5, 9), (128, 128), (64, 64), (72, 128), (9, 16), (8, 12), (4, 6)]:
+        official = F.interpolate(grid.reshape(6, 16, 16, 4).permute(0, 3, 1, 2), scale_factor=(h / 16, w / 16),
+                                 mode="nearest")
+        official = official.reshape(2, 3, 4, h * w).permute(0, 3, 1, 2).reshape(2 * h * w, 3, 4)
+        assert torch.equal(per_pixel_time_context(grid, 3, (16, 16), (h, w)), official), (h, w)

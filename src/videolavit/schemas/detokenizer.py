@@ -142,6 +142,9 @@ class DetokenizerStageConfig:
     video_batch_size: Optional[int] = at_least(1, None)
     # true: no vae_dir / svd_dir is fine (pixel-space, random U-Nets); false: each missing one is an error
     from_scratch: bool = False
+    # a folder with keyframe/ and/or video/ (this stage's output, or import-official's DIR/detokenizer): the models
+    # start from its weights, and from its VAEs where vae_dir is unset (no svd_dir / vae_dir needed then)
+    init_from: Optional[str] = None
     keyframe: KeyframeDetokenizerConfig = field(default_factory=KeyframeDetokenizerConfig)
     video: VideoDetokenizerConfig = field(default_factory=VideoDetokenizerConfig)
     eval: DetokenizerEvalConfig = field(default_factory=DetokenizerEvalConfig)

@@ -200,6 +200,40 @@ def _check_clips(cfg: DictConfig, records: list[dict], tokenizers: FrozenTokeniz
         )
 
 
+INIT_KEY = "detokenizer.init_from"
+
+
+def start_folder(init_from: Optional[str], part: str, kwargs: dict) -> Optional[Path]:
+    """``init_from/<part>`` (None without init_from); a missing folder is named with its key. Where ``vae_dir`` is
+    unset, the model is built with that folder's VAE (the one its weights were trained in)."""
+    if not init_from:
+        return None
+    folder = Path(str(init_from)) / part
+    if not (folder / "config.json").is_file():
+        raise MissingArtifactError(f"{INIT_KEY}: no {part} detokenizer at '{folder}' (config.json missing); give a "
+                                   "folder holding keyframe/ and video/ (the detokenizer stage's output or "
+                                   "import-official's DIR/detokenizer)")
+    if kwargs.get("vae_dir") is None and (folder / "vae" / "config.json").is_file():
+        kwargs["vae_dir"] = str(folder / "vae")
+    return folder
+
+
+def load_start_weights(model, folder: Path) -> int:
+    """Copy the saved detokenizer at ``folder`` into ``model`` (its frozen VAE aside); ConfigError naming the first
+    tensor whose name or shape differs (another architecture than configured). Returns the tensors copied."""
+    saved = type(model).from_pretrained(folder)
+    theirs = {k: v for k, v in saved.state_dict().items() if not k.startswith("vae.")}
+    own = {k: v for k, v in model.state_dict().items() if not k.startswith("vae.")}
+    for name in sorted(set(own) | set(theirs)):
+        if name not in theirs or name not in own or own[name].shape != theirs[name].shape:
+            got = list(theirs[name].shape) if name in theirs else "absent"
+            want = list(own[name].shape) if name in own else "absent"
+            raise ConfigError(f"{INIT_KEY}: '{folder}' is another architecture than configured: {name} is {got} "
+                              f"there, {want} here (the import's is the paper profile's)")
+    model.load_state_dict(theirs, strict=False)
+    return len(theirs)
+
+
 def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     """Train (or resume) both detokenizers, save them, and return the held-out metrics."""
     require_pretrained(cfg, STAGE)  # before any artifact is read: a missing pretrained part names its key
@@ -213,9 +247,12 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     _check_clips(cfg, records, tokenizers)
     kf_kwargs = (keyframe_kwargs(cfg, tokenizers.visual.target_dim, tokenizers.visual.num_patches)
                  if "keyframe" in models else None)
+    v_kwargs = video_kwargs(cfg) if "video" in models else None
+    starts = {part: start_folder(stage_cfg.init_from, part, kwargs)
+              for part, kwargs in (("keyframe", kf_kwargs), ("video", v_kwargs)) if kwargs is not None}
     module = DetokenizerModule(
         kf_kwargs,
-        video_kwargs(cfg) if "video" in models else None,
+        v_kwargs,
         section_kwargs(stage_cfg.optim),
         int(train_cfg.max_steps),
         cond_motion,
@@ -224,6 +261,9 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         int(stage_cfg.video_every_n_steps),
         stage_cfg.video_batch_size,
     ).attach(tokenizers)
+    for part, folder in starts.items():
+        if folder is not None:
+            load_start_weights(getattr(module, part), folder)
     fields = ("keyframe", "motion", "frames")
     datamodule = ClipDataModule(cfg, fields=fields, batch_size=micro_batch(cfg, STAGE))
     trainer = make_trainer(cfg, STAGE, train_cfg, callbacks=callbacks)

@@ -43,7 +43,8 @@ def missing_before_training(cfg: Any, stage: str, check_files: bool = True) -> l
                        "visual_tokenizer.from_scratch=true")
     if stage == "detokenizer":
         d = cfg.detokenizer
-        parts = _detokenizer_parts(d)
+        # detokenizer.init_from: the start weights (and VAEs) come from it; the stage checks its folders
+        parts = [] if not _unset(d, "init_from") else _detokenizer_parts(d)
         if "keyframe" in parts and not bool(d.from_scratch) and _unset(d.keyframe, "vae_dir"):
             out.append("detokenizer.keyframe.vae_dir: no VAE, so the keyframe U-Net would diffuse pixels; set it to a "
                        "local diffusers AutoencoderKL (SDXL's vae/), or detokenizer.from_scratch=true")
