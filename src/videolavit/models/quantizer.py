@@ -13,6 +13,7 @@ global batch and ``dead_code_threshold`` counts uses per step over the whole glo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 from torch import nn
@@ -32,14 +33,24 @@ class VectorQuantizer(nn.Module):
         codebook_size: int,
         decay: float = 0.995,
         kmeans_init: bool = True,
-        dead_code_threshold: float = 2.0,
+        dead_code_threshold: Optional[float] = 2.0,
         commitment_weight: float = 0.25,
+        dead_code_fraction: float = 0.1,
+        kmeans_init_vectors: int = 0,
     ):
+        """``dead_code_threshold`` None: scaled to the codebook, a code is dead below ``dead_code_fraction`` × the
+        mean EMA uses of a code per step (its EMA cluster sizes summed / codebook_size: tokens per step over all
+        ranks / codes). ``kmeans_init_vectors`` > 0: k-means initialises from that many vectors pooled over the
+        first steps (and ranks) instead of the first batch alone; until then tokens quantize to the empty codebook."""
         super().__init__()
         from vector_quantize_pytorch import VectorQuantize
 
         self.dim = dim
         self.codebook_size = codebook_size
+        self.dead_code_fraction = None if dead_code_threshold is not None else float(dead_code_fraction)
+        self.kmeans_init_vectors = int(kmeans_init_vectors) if kmeans_init else 0
+        self._pool: list[torch.Tensor] = []
+        self._initted = not kmeans_init
         self.vq = VectorQuantize(
             dim=dim,
             codebook_size=codebook_size,
@@ -47,7 +58,8 @@ class VectorQuantizer(nn.Module):
             kmeans_init=kmeans_init,
             kmeans_iters=10,
             use_cosine_sim=True,
-            threshold_ema_dead_code=dead_code_threshold,
+            # relative: a positive placeholder (it enables restarts), replaced by the scaled value each step
+            threshold_ema_dead_code=dead_code_threshold if dead_code_threshold is not None else float(dead_code_fraction),
             commitment_weight=commitment_weight,
             rotation_trick=False,  # the paper's straight-through estimator, not the rotation trick
             sync_codebook=False,  # chosen per call in _select_sync: the model is built before the process group
@@ -70,13 +82,54 @@ class VectorQuantizer(nn.Module):
         codebook.replace_sample_fn = sample
         codebook._videolavit_sync = distributed
 
+    def _codebook_ready(self, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
+        """Whether the codebook is initialised; while ``kmeans_init_vectors`` are not yet pooled over all ranks, pool
+        this batch's vectors (host reads of the count happen only until then), then run k-means on the pool."""
+        codebook = self.vq._codebook
+        if self._initted or bool(codebook.initted):  # initialised, or restored from a checkpoint
+            self._initted, self._pool = True, []
+            return True
+        if not self.training or self.kmeans_init_vectors <= 0:
+            return True  # vector-quantize-pytorch initialises on this batch (the first-batch rule)
+        import torch.distributed as dist
+
+        vectors = x.detach().float().reshape(-1, x.shape[-1]) if mask is None else x.detach().float()[mask.bool()]
+        self._pool.append(vectors)
+        count = torch.tensor(sum(len(v) for v in self._pool), device=x.device)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(count)
+        if int(count) < self.kmeans_init_vectors:
+            return False
+        pooled = codebook.transform_input(torch.cat(self._pool))[None]  # [1, P, D] (l2-normalised for cosine)
+        codebook.init_embed_(pooled)  # k-means over every rank's pool (the sync hooks sample across ranks)
+        self._initted, self._pool = True, []
+        return True
+
+    def _scale_dead_code_threshold(self) -> None:
+        """Relative dead codes: threshold = fraction × the EMA uses of all codes per step / codebook_size (on the device;
+        restarted codes start there too, as with an absolute threshold)."""
+        codebook = self.vq._codebook
+        threshold = codebook.cluster_size.sum() * (self.dead_code_fraction / self.codebook_size)
+        codebook.threshold_ema_dead_code = codebook.reset_cluster_size = threshold
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> QuantizerOutput:
         """``x`` [B, N, D] → quantized [B, N, D], codes [B, N], commitment loss. ``mask`` [B, N] marks real tokens."""
         self._select_sync()
-        if mask is not None:
-            quantized, codes, loss = self.vq(x, mask=mask)
+        kwargs = {"mask": mask} if mask is not None else {}
+        if not self._codebook_ready(x, mask):
+            codebook = self.vq._codebook
+            codebook.initted.fill_(True)  # quantize against the empty codebook, updating nothing, until k-means
+            codebook.eval()
+            try:
+                quantized, codes, loss = self.vq(x, **kwargs)
+            finally:
+                codebook.initted.fill_(False)
+                codebook.train(self.training)
         else:
-            quantized, codes, loss = self.vq(x)
+            if self.training and self.dead_code_fraction is not None:
+                self._scale_dead_code_threshold()
+            quantized, codes, loss = self.vq(x, **kwargs)
+            self._initted = True  # vector-quantize-pytorch initialises on any forward that finds it empty
         return QuantizerOutput(quantized, codes.long(), loss.sum() if loss.numel() > 1 else loss.reshape(()))
 
     @torch.no_grad()

@@ -112,6 +112,8 @@ class VisualTokenizer(nn.Module):
         vit_norm_eps: float = 1e-5,
         merger: str = "ours",
         decoder_head: str = "linear",
+        dead_code_fraction: float = 0.1,
+        kmeans_vectors_per_code: int = 0,
     ):
         super().__init__()
         if image_size % patch_size:
@@ -178,8 +180,10 @@ class VisualTokenizer(nn.Module):
         self.merger_norm = nn.LayerNorm(width)
         # Linear–Tanh–Linear down to the small code space "to improve codebook usage" (ViT-VQGAN; official code)
         self.encode_task = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, code_dim))
+        # dead_code_threshold None: relative to the codebook's mean use; k-means from kmeans_vectors_per_code per code
         self.quantizer = VectorQuantizer(
-            code_dim, codebook_size, ema_decay, kmeans_init, dead_code_threshold, commitment_weight
+            code_dim, codebook_size, ema_decay, kmeans_init, dead_code_threshold, commitment_weight,
+            dead_code_fraction=dead_code_fraction, kmeans_init_vectors=int(kmeans_vectors_per_code) * codebook_size,
         )
 
         self.token_in = nn.Linear(code_dim, decoder_width)

@@ -314,7 +314,16 @@ class VisualTokenizerModelConfig:
     codebook_size: int = at_least(1, 16384)
     ema_decay: float = fraction(0.995)
     kmeans_init: bool = True
-    dead_code_threshold: float = at_least(0, 2.0)
+    # Scaled to the codebook (issue 18): null makes a code dead when its EMA uses per step fall below
+    # dead_code_fraction × the mean uses of a code per step (the EMA cluster sizes summed over the codebook, i.e. the
+    # tokens of a step over all ranks, / codebook_size): at paper scale 64 × 32 images × ~85 tokens / 16,384 codes ≈
+    # 10.6 uses, threshold ≈ 1.1; the old absolute 2.0 against one rank's ~0.17 uses restarted most codes every step.
+    # A number: that many uses per step (absolute, the motion tokenizer's rule; tiny.yaml keeps 2.0)
+    dead_code_threshold: Optional[float] = at_least(0, None)
+    dead_code_fraction: float = positive(0.1)
+    # k-means initialises from this many vectors per code, pooled over the first steps and every rank (4 × 16,384 =
+    # 65,536: one step at world 64; the first batch of one rank held ~2.7 K for 16,384 codes); 0: the first batch alone
+    kmeans_vectors_per_code: int = at_least(0, 4)
     commitment_weight: float = at_least(0, 0.25)
     keep_ratio: float = checked(0.3333333333333333, gt=0, le=1)  # ρ: mean fraction of patches kept (LaVIT: 1/3 → ~85 of 256)
     keep_weight: float = at_least(0, 2.0)
