@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from videolavit.data.clip_settings import check_clip_settings
 from videolavit.data.image_index import ImageIndex, build_index, load_image_item
 from videolavit.data.resumable import ResumableDataModule, batches_served, global_worker
 from videolavit.data.shards import ARRAY_FIELDS, SPLITS, clip_shard_urls, is_remote, iter_clip_records, iter_shard
@@ -199,6 +200,7 @@ class ClipDataModule(ResumableDataModule):
         super().__init__(cfg)
         self.clips_dir = str(cfg.paths.clips)  # a local folder, an fsspec URL or a pipe: template (data/shards.py)
         self.fields = tuple(fields)
+        check_clip_settings(cfg, self.fields)  # clips made with other video.* sizes would be read as wrong values
         self.buffer_bytes = int(getattr(cfg.compute, "shuffle_buffer_bytes", SHUFFLE_BUFFER_BYTES))
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size or batch_size)
