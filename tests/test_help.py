@@ -99,3 +99,15 @@ def test_config_changed_for_a_default_tree_names_no_source(tmp_path, monkeypatch
     shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
     sources = {source for *_, source in changed_values("paper", None, [])}
     assert sources <= {"conf/base.yaml", "profile paper"}
+
+
+def test_every_key_the_helps_show_is_a_config_key():
+    from omegaconf import OmegaConf
+
+    from videolavit.cli_help import GENERATE_KEYS
+    from videolavit.config import load_config
+    from videolavit.runner import STAGE_IO
+
+    cfg = load_config(profile="tiny", params_file=None)
+    keys = [*GENERATE_KEYS, *(k for spec in STAGE_IO.values() for k in spec.keys)]
+    assert [k for k in keys if OmegaConf.select(cfg, k, default="<absent>") == "<absent>"] == []
