@@ -116,6 +116,7 @@ def test_single_objective_sweep_hands_the_pruning_callback_to_fit(tiny_cfg_facto
 
     monkeypatch.setattr(motion_tokenizer, "fit", fake_fit)
     cfg = tiny_cfg_factory("tracking.enabled=false")
+    (tmp_path / "clips").mkdir()  # the stage's input, checked before each trial's run opens (fit itself is faked)
     out = tmp_path / "sweeps"
     summary = run_sweep("motion_tokenizer", cfg, ["trials=2", f"storage=sqlite:///{tmp_path}/optuna.db", f"out={out}"])
     assert summary["complete"] == 2 and summary["best"]["val/epe"] == 2.0
@@ -140,6 +141,7 @@ def test_sweep_has_a_parent_run_and_best_yaml_holds_overrides_a_stage_accepts(ti
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(motion_tokenizer, "fit", fake_fit)
     cfg = tiny_cfg_factory("tracking.experiment=sweep-parent")
+    (tmp_path / "clips").mkdir()  # the stage's input, checked before each trial's run opens (fit itself is faked)
     out = tmp_path / "sweeps"
     run_sweep("motion_tokenizer", cfg, ["trials=2", f"storage=sqlite:///{tmp_path}/optuna.db", "study=p", f"out={out}"])
 
