@@ -207,12 +207,14 @@ def _cross_block(ours: dict, state: dict, src: str, dst: str, self_name: str, cr
             [state[f"{src}.{cross_name}.key.{leaf}"], state[f"{src}.{cross_name}.value.{leaf}"]])
 
 
-def codebook_state(codebook, dead_code_threshold: float) -> dict:
-    """Our quantizer's tensors for a released codebook [K, D]: marked initialised, an EMA state of ~1 use per step."""
+def codebook_state(codebook, dead_code_threshold: float | None) -> dict:
+    """Our quantizer's tensors for a released codebook [K, D]: marked initialised, an EMA state of ~1 use per step
+    (above an absolute ``dead_code_threshold``; None, the relative rule: every code at the mean use, so none is dead)."""
     import torch
 
     codebook = codebook.float().unsqueeze(0)
-    count = torch.full((1, codebook.shape[1]), max(1.0, 2.0 * float(dead_code_threshold)))
+    uses = 1.0 if dead_code_threshold is None else max(1.0, 2.0 * float(dead_code_threshold))
+    count = torch.full((1, codebook.shape[1]), uses)
     return {"quantizer.vq._codebook.embed": codebook, "quantizer.vq._codebook.initted": torch.tensor(True),
             "quantizer.vq._codebook.cluster_size": count,
             "quantizer.vq._codebook.embed_avg": codebook * count.unsqueeze(-1)}
