@@ -108,12 +108,10 @@ def write_plots(cfg: DictConfig, stage: str, run: "tracking.Run") -> list[Path]:
         old.unlink()
     if not run.enabled:
         return []
-    client = run.client()
     written = []
-    for key in sorted(client.get_run(run.run_id).data.metrics):
+    for key, history in run.metric_histories().items():
         if key in NOT_CURVES:
             continue
-        history = sorted({m.step: m.value for m in client.get_metric_history(run.run_id, key)}.items())
         if len(history) < 2:
             continue
         out = folder / (key.replace("/", "_").replace(" ", "_") + ".csv")
@@ -194,8 +192,8 @@ STAGE_IO: dict[str, StageIO] = {
                                 ("visual_tokenizer.model.codebook_size", "visual_tokenizer.model.keep_ratio",
                                  "visual_tokenizer.model.teacher_path", "visual_tokenizer.optim.lr", "visual_tokenizer.train.max_steps"),
                                 "videolavit visual_tokenizer visual_tokenizer.model.keep_ratio=0.5"),
-    "tokenize": StageIO((_CORPUS, _CLIPS, _model("motion_tokenizer", "motion_tokenizer", "tokenize.motion_tokenizer_path"),
-                         _model("visual_tokenizer", "visual_tokenizer", "tokenize.visual_tokenizer_path")),
+    "tokenize": StageIO((_CORPUS, _CLIPS, _model("visual_tokenizer", "visual_tokenizer", "tokenize.visual_tokenizer_path"),
+                         _model("motion_tokenizer", "motion_tokenizer", "tokenize.motion_tokenizer_path")),
                         ("data/tokens/", "metrics/tokenize.json"),
                         ("tokenize.text_tokenizer_path", "tokenize.text_vocab_size", "tokenize.ablation_frames"),
                         "videolavit tokenize --shard 0/4   # then 1/4 ... 3/4; the last one merges"),
