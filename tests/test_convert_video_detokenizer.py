@@ -124,3 +124,13 @@ def test_the_per_pixel_grid_indices_are_the_officials_at_the_paper_sizes():
                                  mode="nearest")
         official = official.reshape(2, 3, 4, h * w).permute(0, 3, 1, 2).reshape(2 * h * w, 3, 4)
         assert torch.equal(per_pixel_time_context(grid, 3, (16, 16), (h, w)), official), (h, w)
+
+
+def test_a_unet_config_with_keys_of_another_diffusers_version_still_builds():
+    """A release's unet/config.json may carry keys this diffusers does not know (its from_pretrained ignores them)."""
+    from videolavit.convert.video_detokenizer import build_unet, split_unet
+
+    config = {**UNET_SMALL, "a_key_of_another_diffusers_version": 1}
+    unet = build_unet(split_unet(video_detokenizer_state_small()), config, "release")
+    assert list(unet.config.block_out_channels) == UNET_SMALL["block_out_channels"]
+    assert not any(p.is_meta for p in unet.parameters())

@@ -61,8 +61,8 @@ def build_unet(state: dict, config: dict, where: str):
     from diffusers import UNetSpatioTemporalConditionModel
 
     try:  # on the meta device: the layout is checked before any memory is spent, then the tensors are assigned
-        with torch.device("meta"):
-            unet = UNetSpatioTemporalConditionModel(**config)
+        with torch.device("meta"):  # from_config: keys of other diffusers versions are ignored, as from_pretrained does
+            unet = UNetSpatioTemporalConditionModel.from_config(config)
     except (TypeError, ValueError) as exc:
         raise ReleaseFormatError(f"'{where}': the U-Net config does not build: {exc}") from None
     own = unet.state_dict()
