@@ -75,6 +75,13 @@ def test_the_motion_tokenizer_stage_stops_before_training(made, capsys):
     assert not (made[0] / "models" / "motion_tokenizer").exists()
 
 
+def test_the_evaluate_stage_does_not_score_motion_read_at_other_sizes(made):
+    from videolavit.evaluation.recon import evaluate_recon
+
+    with pytest.raises(ConfigError, match="video.encode_height=256 but the clips"):  # before any model is needed
+        evaluate_recon(_cfg(made, "video.encode_height=256"), protocol=None, results=None, pipe=None, ext=None)
+
+
 def test_settings_a_field_is_not_read_with_may_differ(made):
     ClipDataModule(_cfg(made), fields=("motion", "frames", "keyframe", "meta"))  # as made
     ClipDataModule(_cfg(made, "video.frames_height=64", "video.keyframe_size=32"), fields=("motion",))

@@ -13,7 +13,7 @@ from videolavit.errors import ConfigError
 from videolavit.runner import read_metrics
 
 FAST_PROTOCOL = [
-    "t2v.samples=2", "t2v.save_samples=1", "t2v.no_motion_ablation=true", "t2v.token_roundtrip=true",
+    "t2v.samples=6", "t2v.save_samples=1", "t2v.no_motion_ablation=true", "t2v.token_roundtrip=true",
     "recon.video_clips=1", "recon.keyframes=2",
     "sampling.keyframe_steps=2", "sampling.video_steps=1", "sampling.image_tokens=[1,8]",
 ]
@@ -113,7 +113,7 @@ def test_values_mean_what_they_say(evaluated):
     assert m["qa/video_count"] == sum(m[f"qa/video_count_{t}"] for t in ("appearance", "motion", "temporal") if f"qa/video_count_{t}" in m)
     assert m["ablation_no_motion/qa/video_count"] == m["qa/video_count"]  # the same questions, other input
     assert m["tokens/motion_per_clip"] == 144 and m["tokens/saving"] == 0.85
-    assert m["count/t2v_samples"] == 2 and m["count/recon_video_clips"] == 1 and m["count/recon_keyframes"] == 2
+    assert m["count/t2v_samples"] == 6 and m["count/t2v_captions"] == 5 and m["count/recon_video_clips"] == 1 and m["count/recon_keyframes"] == 2
     assert m["recon/motion_epe"] > 0 and m["recon/motion_epe_zero_baseline"] > 0
     assert m["t2v/fvd_corpus"] >= 0 and -1.0 <= m["t2v/clipsim_corpus"] <= 1.0
     assert "ablation_no_motion/t2v/fvd_corpus" in m and m["t2v/attribute_chance_direction"] == 0.25

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from videolavit.data.clip_settings import check_clip_settings
 from videolavit.data.pixels import frames_to_unit, to_uint8, to_unit
 from videolavit.evaluation.extractors import Extractors, fvd_of, read_clips
 from videolavit.evaluation.protocol import Results
@@ -127,6 +128,7 @@ def evaluate_recon(cfg: DictConfig, protocol: DictConfig, results: Results, pipe
     from videolavit.metrics.reconstruction import SSIM_KERNEL
     from videolavit.video.motion import denormalize_motion
 
+    check_clip_settings(cfg, ("motion", "frames", "keyframe"))  # EPE/PSNR of clips read at other sizes mean nothing
     recon, m = protocol.recon, pipe.m
     epe, zero, count = MotionEPE(), MotionEPE(), 0
     records = read_clips(cfg.paths.clips, recon.split, recon.motion_clips, ("motion",), stream=True)

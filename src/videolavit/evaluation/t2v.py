@@ -65,6 +65,8 @@ def evaluate_t2v(cfg: DictConfig, protocol: DictConfig, results: Results, pipe, 
     samples.sort(key=lambda s: s.id)
     if t2v.samples is not None and len(samples) > int(t2v.samples):
         samples = sorted(random.Random(sampling_seed(cfg)).sample(samples, int(t2v.samples)), key=lambda s: s.id)
+    elif t2v.samples is not None and samples:  # more samples than captions: every caption again, each a new draw
+        samples = [samples[i % len(samples)] for i in range(int(t2v.samples))]
     videos, ablated, captions, targets, rows = [], [], [], [], []
     for i, sample in enumerate(samples):
         ids, visual, motion = pipe.sample_tokens(pipe.text_prompt(sample.caption))
@@ -83,6 +85,7 @@ def evaluate_t2v(cfg: DictConfig, protocol: DictConfig, results: Results, pipe, 
     if rows:
         (out_dir / "t2v_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     results.set("count/t2v_samples", float(len(videos)))
+    results.set("count/t2v_captions", float(len({s.id for s in samples})))
     if not videos:
         results.missing([ext.fvd_key, ext.clipsim_key, "t2v/attribute_acc", "t2v/attribute_acc_direction"],
                         f"no captioned videos in the '{t2v.split}' manifest")
@@ -98,7 +101,8 @@ def evaluate_t2v(cfg: DictConfig, protocol: DictConfig, results: Results, pipe, 
         seconds = float(cfg.video.clip_frames) / float(cfg.video.fps)
         fields = ("frames", "keyframe", "motion") if t2v.token_roundtrip else ("frames",)
         real = first_clips(cfg.paths.clips, t2v.split, {s.id for s in samples}, seconds, fields)
-        pairs = [(real[s.id], t) for s, t in zip(samples, targets) if s.id in real]
+        once = {s.id: t for s, t in zip(samples, targets)}  # a caption drawn twice: its real clip counts once
+        pairs = [(real[k], t) for k, t in once.items() if k in real]
         if pairs:  # the classifier on the real first clips of the same videos: the ceiling of t2v/attribute_acc
             real_targets = [t for _, t in pairs]
             real_videos = [r["frames"] for r, _ in pairs]
