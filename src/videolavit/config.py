@@ -111,11 +111,15 @@ class VideoConfig:
     motion_rescale: float = positive(10.0)  # the official "rescale" path multiplies normalized motion by 10
     keyframe_size: int = at_least(1, 224)
     clip_policy: str = "all"  # all | every_other | max
-    max_clips: Optional[int] = at_least(1, None)  # clip_policy max or every_other: keep at most this many, uniformly spread
-    max_source_frames: Optional[int] = at_least(1, None)  # stop decoding after this many source frames (None: whole video)
-    frames_height: int = at_least(1, 320)  # size of the RGB clip frames kept for the video detokenizer (its training target)
+    # clip_policy max or every_other: keep at most this many, uniformly spread
+    max_clips: Optional[int] = at_least(1, None)
+    # stop decoding after this many source frames (None: whole video)
+    max_source_frames: Optional[int] = at_least(1, None)
+    # size of the RGB clip frames kept for the video detokenizer (its training target)
+    frames_height: int = at_least(1, 320)
     frames_width: int = at_least(1, 576)
-    threads: int = at_least(0, 1)  # source decoder threads per video (0: one per core); the decompose stage runs videos in parallel
+    # source decoder threads per video (0: one per core); the decompose stage runs videos in parallel
+    threads: int = at_least(0, 1)
     # Skip the source decoder's in-loop deblocking filter (H.264/HEVC) and allow its non-bit-exact shortcuts: lossy but
     # below the re-encode's own loss (benchmark 720p input at 576×320: 48.9 dB PSNR against the exact decode, while the
     # MPEG-4 re-encode is 35.2 dB against its input); off = exact. CPU on that input: 8-14% less in four of five
@@ -146,20 +150,24 @@ class CorpusConfig:
     min_clips: int = at_least(1, 1)
     max_clips: int = at_least(1, 3)
     heldout_pairs: int = at_least(0, 4)  # (shape, color) pairs seen only in the test split
-    two_object_probability: float = fraction(0.4)  # synthetic: share of samples with a second object (distinct shape and color)
+    # synthetic: share of samples with a second object (distinct shape and color)
+    two_object_probability: float = fraction(0.4)
     workers: int = at_least(0, 1)  # processes rendering the synthetic corpus (output is identical for any count)
     import_path: Optional[str] = None  # annotation file of a real dataset (CSV or JSON)
     media_dir: Optional[str] = None  # where the real dataset's videos/images are
     import_split: Optional[str] = None  # split an imported file fills; None: its own split field, file name, or default
-    val_fraction: float = checked(0.0, ge=0, lt=1)  # imported data without a val split: move this seeded fraction of train to val
+    # imported data without a val split: move this seeded fraction of train to val
+    val_fraction: float = checked(0.0, ge=0, lt=1)
 
 
 @dataclass
 class DecomposeConfig:
     """The decompose stage: corpus videos → WebDataset clip shards, stats.json, rejects.jsonl."""
 
-    workers: int = at_least(0, 2)  # worker processes (0: decompose in the stage's own process, no dead-worker detection)
-    videos_per_shard: int = at_least(1, 64)  # videos per output tar (~4 clips each on WebVid: ~300 MB tars at ~1.2 MB a clip)
+    # worker processes (0: decompose in the stage's own process, no dead-worker detection)
+    workers: int = at_least(0, 2)
+    # videos per output tar (~4 clips each on WebVid: ~300 MB tars at ~1.2 MB a clip)
+    videos_per_shard: int = at_least(1, 64)
     max_reject_ratio: float = fraction(0.2)
     shard: str = "0/1"  # i/n: this process handles the i-th of n byte ranges of each split's manifest
     # Clip frames as H.264 (x264 veryfast, CRF frame_crf, 4:4:4), motion as float16: 1.23 MB a paper-profile clip of

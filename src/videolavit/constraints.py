@@ -73,14 +73,6 @@ def fraction(default: Any, **kw: Any) -> Any:
     return checked(default, ge=0, le=1, **kw)
 
 
-def field_range(schema: type, name: str) -> Optional[Range]:
-    """The :class:`Range` declared on ``schema.name`` (None when it has none)."""
-    for f in dataclasses.fields(schema):
-        if f.name == name:
-            return f.metadata.get(_KEY)
-    return None
-
-
 def check_values(cfg: Any) -> None:
     """Raise :class:`ConfigError` for the first value of ``cfg`` (a merged structured DictConfig) that breaks its
     field's range, is NaN, or is an interpolation that does not resolve."""
@@ -92,7 +84,8 @@ def _walk(node: Any, prefix: str) -> None:
     from omegaconf.errors import OmegaConfBaseException
 
     schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
-    ranges = {f.name: f.metadata.get(_KEY) for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    fields = dataclasses.fields(schema) if dataclasses.is_dataclass(schema) else ()
+    ranges = {f.name: f.metadata.get(_KEY) for f in fields}
     keys = node.keys() if isinstance(node, DictConfig) else range(len(node))
     for key in keys:
         path = f"{prefix}{key}" if isinstance(node, DictConfig) else f"{prefix.rstrip('.')}[{key}]"
@@ -116,8 +109,10 @@ def _walk(node: Any, prefix: str) -> None:
 
 def _check_items(path: str, items: Any, rng: Range) -> None:
     """Each number of a (nested) list field against the field's range."""
+    from omegaconf import ListConfig
+
     for i, item in enumerate(items):
-        if isinstance(item, (list, tuple)) or type(item).__name__ == "ListConfig":
+        if isinstance(item, (list, tuple, ListConfig)):
             _check_items(f"{path}[{i}]", item, rng)
         else:
             _fail(f"{path}[{i}]", item, rng)

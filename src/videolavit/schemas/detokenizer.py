@@ -35,7 +35,8 @@ class KeyframeUNetConfig:
 class KeyframeDetokenizerConfig:
     """g_I (models/keyframe_detokenizer.py): DDPM U-Net conditioned on the visual tokenizer's decoded features."""
 
-    image_size: Optional[list] = field(default=None, metadata=bounds(ge=1))  # [H, W]; None: the video detokenizer's size
+    # [H, W]; None: the video detokenizer's size
+    image_size: Optional[list] = field(default=None, metadata=bounds(ge=1))
     unet: KeyframeUNetConfig = field(default_factory=KeyframeUNetConfig)
     unet_dir: Optional[str] = None  # a local SD/SDXL U-Net (diffusers folder) to start from
     vae_dir: Optional[str] = None  # a local diffusers AutoencoderKL: latent diffusion; None: pixel space

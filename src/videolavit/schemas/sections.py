@@ -27,7 +27,7 @@ class TrainLoopConfig:
 
     # optimizer steps; 0 = no training (e.g. measure an imported model on one's clips). There is no "until stopped":
     # Lightning's -1 is rejected, a run always has an end that the LR schedule and the checkpoints are laid out for
-    max_steps: int = at_least(0, 100_000, why="0: no training; Lightning's -1, 'until stopped', is not a run length here")
+    max_steps: int = at_least(0, 100_000, why="0: no training; Lightning's -1, 'until stopped', is no run length")
     batch_size: int = at_least(1, 8)
     val_every_n_steps: int = at_least(1, 1000)
     val_batches: Optional[int] = at_least(0, None)  # limit validation batches (None: all)
@@ -39,7 +39,8 @@ class TrainLoopConfig:
     # Samples per optimizer step over all processes (the paper's); the launcher gives the process count and
     # accumulation = global_batch / (batch_size × world size) (training/topology.py). None: accumulate_grad_batches
     global_batch: Optional[int] = at_least(1, None)
-    accumulate_grad_batches: Optional[int] = at_least(1, None)  # batches per optimizer step; None: derived from global_batch, or 1
+    # batches per optimizer step; None: derived from global_batch, or 1
+    accumulate_grad_batches: Optional[int] = at_least(1, None)
 
 
 @dataclass
@@ -55,7 +56,9 @@ class MotionTokenizerModelConfig:
     heads: int = at_least(1, 8)
     mlp_ratio: float = positive(4.0)
     downsample_after: list = field(default_factory=lambda: [3, 6, 9, 12], metadata=bounds(ge=0))
-    downsample_strides: list = field(default_factory=lambda: [[1, 2, 2], [2, 1, 1], [2, 1, 1], [2, 2, 2]], metadata=bounds(ge=1))
+    downsample_strides: list = field(
+        default_factory=lambda: [[1, 2, 2], [2, 1, 1], [2, 1, 1], [2, 2, 2]], metadata=bounds(ge=1)
+    )
     code_dim: int = at_least(1, 32)
     codebook_size: int = at_least(1, 1024)
     ema_decay: float = fraction(0.995)
@@ -88,7 +91,8 @@ register_section("motion_tokenizer", MotionTokenizerStageConfig)
 class EvaluatorClassifierConfig:
     """The corpus video classifier: one head per attribute; its penultimate features are the corpus FVD extractor."""
 
-    input_size: Optional[list] = field(default_factory=lambda: [160, 288], metadata=bounds(ge=1))  # [H, W]; None: the clip frames' size
+    # [H, W]; None: the clip frames' size
+    input_size: Optional[list] = field(default_factory=lambda: [160, 288], metadata=bounds(ge=1))
     patch: int = at_least(1, 8)  # stem patch (px): 3 frames × patch × patch per stem position
     channels: list = field(default_factory=lambda: [64, 128, 256, 512], metadata=bounds(ge=1))
     feature_dim: int = at_least(1, 256)  # FVD feature size
@@ -99,7 +103,8 @@ class EvaluatorClassifierConfig:
 class EvaluatorCLIPConfig:
     """The corpus CLIP: word-level text transformer + frame encoder, contrastive (CLIPSIM proxy)."""
 
-    image_size: Optional[list] = field(default_factory=lambda: [160, 288], metadata=bounds(ge=1))  # None: [video.frames_height, frames_width]
+    # None: [video.frames_height, frames_width]
+    image_size: Optional[list] = field(default_factory=lambda: [160, 288], metadata=bounds(ge=1))
     patch: int = at_least(1, 8)
     image_channels: list = field(default_factory=lambda: [64, 128, 256, 512], metadata=bounds(ge=1))
     embed_dim: int = at_least(1, 256)
@@ -168,14 +173,16 @@ class LMModelConfig:
     # float32 | bfloat16 | float16; None: the checkpoint's / float32. Paper: fp32 master weights sharded by FSDP,
     # compute in bf16 (precision bf16-mixed)
     dtype: Optional[str] = "float32"
-    noise_scale: float = at_least(0, 0.01)  # new rows at the mean of Llama's rows (+ small noise): text predictions barely move
+    # new rows at the mean of Llama's rows (+ small noise): text predictions barely move
+    noise_scale: float = at_least(0, 0.01)
 
 
 @dataclass
 class LMGenerateConfig:
     """Decoding settings of generation (text→video, image→video) and QA answers."""
 
-    image_tokens: list = field(default_factory=lambda: [1, 64], metadata=bounds(ge=1))  # [min, max] visual codes of a generated keyframe
+    # [min, max] visual codes of a generated keyframe
+    image_tokens: list = field(default_factory=lambda: [1, 64], metadata=bounds(ge=1))
     temperature: float = at_least(0, 1.0)
     top_k: Optional[int] = at_least(0, 50)
     top_p: Optional[float] = checked(None, gt=0, le=1)
@@ -273,7 +280,8 @@ class InstructStageConfig:
     """Instruction tuning (paper §3.3, LLaVA-v1.5 recipe): Vicuna-v1 conversations, loss on answers only."""
 
     init_from: Optional[str] = None  # None: <paths.models>/lm_pretrain
-    turns_per_conversation: int = at_least(1, 1)  # >1: a medium's single-turn QA are merged into multi-turn dialogues (LLaVA)
+    # >1: a medium's single-turn QA are merged into multi-turn dialogues (LLaVA)
+    turns_per_conversation: int = at_least(1, 1)
     pack: bool = False  # concatenate conversations into rows of lm.seq_len (no padding; rows attend across them)
     # "the same instruction tuning setting as LLaVA v1.5" [P A.3]: 1 epoch of 765K conversations, batch 128, warm-up
     # ratio 0.03 of 5977 steps
@@ -299,7 +307,8 @@ register_section("instruct", InstructStageConfig)
 class VisualTokenizerModelConfig:
     """LaVIT dynamic visual tokenizer (paper §3.1, LaVIT): ViT (or a frozen local teacher), selector, merger, VQ."""
 
-    image_size: Optional[int] = at_least(1, 224)  # None: video.keyframe_size (the keyframes are stored at the tokenizer input)
+    # None: video.keyframe_size (the keyframes are stored at the tokenizer input)
+    image_size: Optional[int] = at_least(1, 224)
     patch_size: int = at_least(1, 14)
     width: int = at_least(1, 1408)
     depth: int = at_least(1, 40)
@@ -325,7 +334,8 @@ class VisualTokenizerModelConfig:
     # 65,536: one step at world 64; the first batch of one rank held ~2.7 K for 16,384 codes); 0: the first batch alone
     kmeans_vectors_per_code: int = at_least(0, 4)
     commitment_weight: float = at_least(0, 0.25)
-    keep_ratio: float = checked(0.3333333333333333, gt=0, le=1)  # ρ: mean fraction of patches kept (LaVIT: 1/3 → ~85 of 256)
+    # ρ: mean fraction of patches kept (LaVIT: 1/3 → ~85 of 256)
+    keep_ratio: float = checked(0.3333333333333333, gt=0, le=1)
     keep_weight: float = at_least(0, 2.0)
     gumbel_tau: float = positive(1.0)
     # gumbel (LaVIT's released code: the keep mask sampled at inference too) | expected | threshold | topk (deterministic)
@@ -334,8 +344,10 @@ class VisualTokenizerModelConfig:
     rec_loss: str = "auto"  # auto (cosine to a teacher, MSE to pixels) | cosine | mse
     teacher_path: Optional[str] = None  # a local transformers vision model (EVA-CLIP / CLIP); None: pixel target
     saliency_prior: float = 0.0  # + this × z-scored distance of a patch's mean colour from the image's, on its keep logit
-    token_loss_weight: float = at_least(0, 0.0)  # each kept token's code rebuilds its own patch (token_head); 0: LaVIT's loss alone
-    pixel_target_size: Optional[int] = at_least(1, None)  # pixel target: each patch average-pooled to s×s (1: its mean colour); None: full
+    # each kept token's code rebuilds its own patch (token_head); 0: LaVIT's loss alone
+    token_loss_weight: float = at_least(0, 0.0)
+    # pixel target: each patch average-pooled to s×s (1: its mean colour); None: full
+    pixel_target_size: Optional[int] = at_least(1, None)
     # The released LaVIT's architecture (what import-official's weights need; models/visual_tokenizer.py):
     vit_cls_token: bool = True  # EVA-CLIP's CLS token at position 0 (its output dropped); false: patches only
     vit_norm_eps: float = positive(1e-6)  # EVA-CLIP's LayerNorm eps in the ViT
@@ -371,10 +383,12 @@ class TokenizeStageConfig:
     text_tokenizer_path: Optional[str] = None  # a local pretrained tokenizer (Llama-2's); None: BPE on the corpus
     text_vocab_size: int = at_least(1, 32000)  # BPE only
     text_min_frequency: int = at_least(0, 2)  # BPE only
-    text_size_multiple: int = at_least(1, 64)  # vocab text_size = len(text tokenizer) rounded up to this (Llama-2: 32000 stays)
+    # vocab text_size = len(text tokenizer) rounded up to this (Llama-2: 32000 stays)
+    text_size_multiple: int = at_least(1, 64)
     visual_tokenizer_path: Optional[str] = None  # None: <paths.models>/visual_tokenizer
     motion_tokenizer_path: Optional[str] = None  # None: <paths.models>/motion_tokenizer
-    ablation_frames: Optional[int] = at_least(1, 16)  # frames per video in frames_media ("w/o motion" [P T6]); None: 2 per clip
+    # frames per video in frames_media ("w/o motion" [P T6]); None: 2 per clip
+    ablation_frames: Optional[int] = at_least(1, 16)
     baseline_split: str = "val"  # clips the per-frame token baseline is measured on
     baseline_clips: Optional[int] = at_least(0, 1000)  # at most this many of them (None: all)
     batch_size: int = at_least(1, 64)  # clips (or images) per tokenizer forward
