@@ -121,7 +121,7 @@ def test_a_rerun_of_a_study_does_not_repeat_its_trials(tiny_cfg_factory, tmp_pat
     assert len(set(fake_stage)) == 6, fake_stage
 
 
-def test_worker_zero_of_a_fresh_study_samples_as_one_process_did_and_a_worker_reproduces(tiny_cfg_factory, tmp_path, fake_stage):
+def test_worker_zero_of_a_fresh_study_samples_as_before_and_a_worker_reproduces(tiny_cfg_factory, tmp_path, fake_stage):
     cfg = tiny_cfg_factory("tracking.enabled=false")
     _sweep(cfg, tmp_path, "trials=2", storage="a.db")
     plain = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=int(cfg.seed)))
@@ -137,7 +137,8 @@ def test_a_live_workers_index_is_skipped_and_a_dead_ones_taken_over(tiny_cfg_fac
     workers = tmp_path / "sweeps" / "s" / "workers"
     workers.mkdir(parents=True)
     (workers / "0.worker").write_text(f"{socket.gethostname()} {os.getpid()}\n")  # alive: this test's process
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)  # its PID, now free
     (workers / "1.worker").write_text(f"{socket.gethostname()} {int(dead.stdout)}\n")
     _sweep(cfg, tmp_path, "trials=1")
     trial = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path}/optuna.db").trials[0]

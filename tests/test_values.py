@@ -31,7 +31,8 @@ ROWS = [
     ("motion_tokenizer", "motion_tokenizer.train.max_steps=[1,2", "motion_tokenizer.train.max_steps"),
     ("decompose", "video.encode_width=-16", "video.encode_width"),
     ("decompose", "video.motion_height=0", "video.motion_height"),
-    ("motion_tokenizer", "motion_tokenizer.model.downsample_strides=[[2,0,2]]", "motion_tokenizer.model.downsample_strides[0][1]"),
+    ("motion_tokenizer", "motion_tokenizer.model.downsample_strides=[[2,0,2]]",
+     "motion_tokenizer.model.downsample_strides[0][1]"),
     ("detokenizer", "detokenizer.optim.betas=[0.9,1.5]", "detokenizer.optim.betas[1]"),
     ("corpus", "video.fps=.inf", "video.fps"),
 ]
@@ -97,5 +98,6 @@ def test_valid_nulls_in_params_keep_the_profile_value(project):
 
 
 def test_an_interpolation_that_resolves_is_fine(project):
-    cfg = load_config(overrides=["motion_tokenizer.train.checkpoint_every_n_steps=${motion_tokenizer.train.val_every_n_steps}"])
+    every = "motion_tokenizer.train.checkpoint_every_n_steps=${motion_tokenizer.train.val_every_n_steps}"
+    cfg = load_config(overrides=[every])
     assert cfg.motion_tokenizer.train.checkpoint_every_n_steps == cfg.motion_tokenizer.train.val_every_n_steps

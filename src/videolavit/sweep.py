@@ -190,8 +190,9 @@ def _trials_so_far(study_name: str, storage: str) -> int:
 def _worker_index(given: int | None, folder: Path) -> Iterator[int]:
     """This worker's index: ``given``, else the launcher's task id, else the lowest one no live worker holds in
     ``folder`` (a file per worker: host and PID; a dead one's file on this host is taken over). Released at exit."""
-    if given is not None or any(os.environ.get(k, "").isdigit() for k in WORKER_ENV):
-        value = given if given is not None else next(int(os.environ[k]) for k in WORKER_ENV if os.environ.get(k, "").isdigit())
+    launcher = [int(os.environ[k]) for k in WORKER_ENV if os.environ.get(k, "").isdigit()]
+    if given is not None or launcher:
+        value = given if given is not None else launcher[0]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ConfigError(f"sweep option worker must be an integer >= 0, got {value!r}")
         yield value
