@@ -60,6 +60,7 @@ def test_report_renders_paper_rows_run_rows_and_missing_cells(tiny_cfg_factory, 
         {
             "qa/video_acc": 0.4125, "qa/video_acc_motion": 0.305, "ablation_no_motion/qa/video_acc_motion": 0.25,
             "t2v/fvd_corpus": 12.345, "t2v/clipsim_corpus": 0.41234, "t2v/attribute_acc": 0.5,
+            "t2v/attribute_acc_color": 0.3125, "t2v/attribute_acc_tokens_color": 0.4375,
             "tokens/saving": 0.896, "tokens/motion_per_clip": 144, "recon/motion_epe": 0.321,
         },
     )
@@ -87,6 +88,9 @@ def test_report_renders_paper_rows_run_rows_and_missing_cells(tiny_cfg_factory, 
     assert f"evaluate-tiny ({evaluate_id[:8]}) | tiny | synthetic | 41.2 |" in md
     assert "FVD [fvd_corpus, proxy]" not in md and "FVD [corpus, proxy]" in md and "12.35" in md
     assert "CLIPSIM [corpus, proxy]" in md and "0.4123" in md
+    # Table 4 per attribute: generated beside the real clips through their own tokens (the detokenizers' part)
+    assert "colour (%)" in md and "colour, real clips' own tokens (%)" in md and "direction, chance (%)" in md
+    assert "| 31.2 | 43.8 |" in md
     assert "exact match, not comparable to GPT-judged" in md
     assert "| w/o motion | evaluate-tiny" in md and "| 25.0 |" in md  # the no-motion ablation row
     assert "| N=144 | evaluate-tiny" in md and "| N=36 | n36" in md

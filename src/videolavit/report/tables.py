@@ -142,6 +142,17 @@ QA_COLUMNS = [
 ]
 ATTRIBUTE_COLUMN = Column("t2v/attribute_acc", "Attribute acc. (%) [corpus classifier, proxy]", 100.0, 1)
 ATTRIBUTE_REAL_COLUMN = Column("t2v/attribute_acc_real", "same on real clips (%)", 100.0, 1)  # the ceiling
+# per attribute of the claim: generated, the real clips through their own tokens (the detokenizers' part), chance
+ATTRIBUTE_DETAIL_COLUMNS = [
+    column
+    for name, label in (("color", "colour"), ("direction", "direction"))
+    for column in (
+        Column(f"t2v/attribute_acc_{name}", f"{label} (%)", 100.0, 1),
+        Column(f"t2v/attribute_acc_tokens_{name}", f"{label}, real clips' own tokens (%)", 100.0, 1),
+        Column(f"t2v/attribute_acc_real_{name}", f"{label}, real clips (%)", 100.0, 1),
+        Column(f"t2v/attribute_chance_{name}", f"{label}, chance (%)", 100.0, 1),
+    )
+]
 
 
 def _t2v_columns(runs: list[Optional[RunRecord]], prefixes=("",)) -> list[Column]:
@@ -197,7 +208,8 @@ def build_tables(index: RunIndex, results: dict) -> list[Table]:
     block, n = platform_block(
         f"This platform: text-to-video from {_corpus_name(evaluate)} captions (not MSR-VTT / UCF-101); "
         "[extractor] names the feature extractor, proxy = trained on the corpus",
-        [*_t2v_columns([r for _, r, _ in compared] or [evaluate]), ATTRIBUTE_REAL_COLUMN], compared,
+        [*_t2v_columns([r for _, r, _ in compared] or [evaluate]), ATTRIBUTE_REAL_COLUMN, *ATTRIBUTE_DETAIL_COLUMNS],
+        compared,
         "no finished `evaluate` run",
     )
     tables.append(
