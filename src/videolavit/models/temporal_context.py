@@ -8,6 +8,7 @@ the spatial cross-attention keeps reading its frame's grid tokens. Remaining dif
 grid is resized with ``size=(h, w)`` rather than ``scale_factor`` (the same indices for the paper's 16×16 → 40×72, 20×36,
 10×18, 5×9); the temporal block is also checkpointed when gradient checkpointing is on (memory only, same values).
 
+:func:`spatiotemporal_unet_forward` is the U-Net forward both contexts go through (one context per frame).
 :func:`official_motion_input` is the other half of the official variant (``motion_input="official"``): the motion the
 official U-Net and motion encoder read, at the latent grid and in the official units.
 """
@@ -18,6 +19,40 @@ import types
 
 import torch
 import torch.nn.functional as F
+
+
+def spatiotemporal_unet_forward(unet, sample, c_noise, context, added_time_ids):
+    """`UNetSpatioTemporalConditionModel.forward` with one context per frame: ``context`` [B·T, L, D] (frame-major).
+
+    ``sample`` [B, T, C_in, h, w], ``c_noise`` [B], ``added_time_ids`` [B, 3] → [B, T, C_out, h, w].
+    """
+    B, T = sample.shape[:2]
+    emb = unet.time_embedding(unet.time_proj(c_noise.expand(B)).to(sample.dtype))
+    added = unet.add_time_proj(added_time_ids.flatten()).reshape(B, -1).to(emb.dtype)
+    emb = (emb + unet.add_embedding(added)).repeat_interleave(T, dim=0)  # [B·T, E]
+    h = unet.conv_in(sample.flatten(0, 1))  # [B·T, C0, h, w]
+    indicator = torch.zeros(B, T, dtype=h.dtype, device=h.device)
+    skips = (h,)
+    for block in unet.down_blocks:
+        extra = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+        h, res = block(hidden_states=h, temb=emb, image_only_indicator=indicator, **extra)
+        skips += res
+    h = unet.mid_block(hidden_states=h, temb=emb, encoder_hidden_states=context, image_only_indicator=indicator)
+    for i, block in enumerate(unet.up_blocks):
+        res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
+        # Always pass the skip's size so grids that are not a multiple of 2^levels work.
+        size = skips[-1].shape[2:] if i < len(unet.up_blocks) - 1 else None
+        extra = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
+        h = block(
+            hidden_states=h,
+            temb=emb,
+            res_hidden_states_tuple=res,
+            upsample_size=size,
+            image_only_indicator=indicator,
+            **extra,
+        )
+    h = unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
+    return h.reshape(B, T, *h.shape[1:])
 
 
 def per_pixel_time_context(context: torch.Tensor, frames: int, grid: tuple[int, int], size: tuple[int, int]):

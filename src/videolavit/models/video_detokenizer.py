@@ -44,6 +44,7 @@ from torch import nn
 from videolavit.errors import ConfigError, MissingArtifactError
 from videolavit.models.keyframe_detokenizer import load_vae, loading_kwargs, vae_downsampling, weights_variant
 from videolavit.models.motion_condition import MotionConditionEncoder
+from videolavit.models.temporal_context import spatiotemporal_unet_forward
 
 TINY_UNET = {
     "block_out_channels": [32, 64],
@@ -68,40 +69,6 @@ PAPER_UNET = {
 }
 TINY_MOTION_ENCODER = {"grid": [8, 12], "dim": 64, "depth": 2, "heads": 4}
 PAPER_MOTION_ENCODER = {"grid": [16, 16], "dim": 512, "depth": 12, "heads": 8}
-
-
-def spatiotemporal_unet_forward(unet, sample, c_noise, context, added_time_ids):
-    """`UNetSpatioTemporalConditionModel.forward` with one context per frame: ``context`` [B·T, L, D] (frame-major).
-
-    ``sample`` [B, T, C_in, h, w], ``c_noise`` [B], ``added_time_ids`` [B, 3] → [B, T, C_out, h, w].
-    """
-    B, T = sample.shape[:2]
-    emb = unet.time_embedding(unet.time_proj(c_noise.expand(B)).to(sample.dtype))
-    added = unet.add_time_proj(added_time_ids.flatten()).reshape(B, -1).to(emb.dtype)
-    emb = (emb + unet.add_embedding(added)).repeat_interleave(T, dim=0)  # [B·T, E]
-    h = unet.conv_in(sample.flatten(0, 1))  # [B·T, C0, h, w]
-    indicator = torch.zeros(B, T, dtype=h.dtype, device=h.device)
-    skips = (h,)
-    for block in unet.down_blocks:
-        extra = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
-        h, res = block(hidden_states=h, temb=emb, image_only_indicator=indicator, **extra)
-        skips += res
-    h = unet.mid_block(hidden_states=h, temb=emb, encoder_hidden_states=context, image_only_indicator=indicator)
-    for i, block in enumerate(unet.up_blocks):
-        res, skips = skips[-len(block.resnets) :], skips[: -len(block.resnets)]
-        # Always pass the skip's size so grids that are not a multiple of 2^levels work.
-        size = skips[-1].shape[2:] if i < len(unet.up_blocks) - 1 else None
-        extra = {"encoder_hidden_states": context} if getattr(block, "has_cross_attention", False) else {}
-        h = block(
-            hidden_states=h,
-            temb=emb,
-            res_hidden_states_tuple=res,
-            upsample_size=size,
-            image_only_indicator=indicator,
-            **extra,
-        )
-    h = unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
-    return h.reshape(B, T, *h.shape[1:])
 
 
 def warp_along_motion(
