@@ -41,7 +41,9 @@ def run(cfg: DictConfig, out: str | os.PathLike = EFFECTIVE_PARAMS) -> dict[str,
 
     problems = [p for stage in TRAINING_STAGES for p in missing_before_training(cfg, stage, check_files=False)]
     if problems:
-        raise ConfigError("the configuration is not runnable:\n  " + "\n  ".join(problems))
+        raise ConfigError("the configuration is not runnable (every stage after `check` depends on it):\n  "
+                          + "\n  ".join(problems) + "\n(to prepare data only, run `videolavit corpus` and "
+                          "`videolavit decompose` outside DVC until these are set)")
     params = effective_params(cfg)
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp")
