@@ -105,3 +105,22 @@ def test_a_sharded_run_not_merged_yet_is_checked_from_its_parts(tmp_path, made):
     cfg = load_config(overrides=[f"paths.clips={tmp_path / 'clips'}", "video.motion_width=24"], params_file=None)
     with pytest.raises(ConfigError, match="video.motion_width=24 .*video.motion_width=12"):
         ClipDataModule(cfg, fields=("motion",))
+
+
+def test_tokenize_refuses_a_motion_tokenizer_of_another_grid_than_the_clips(tmp_path):
+    """Clips recorded at 24x20x36 motion, a motion tokenizer trained on 24x4x6: a ConfigError naming the key."""
+    from test_tokenize_stage import FRAMES, write_corpus, write_tokenizers
+
+    from videolavit.config import load_config
+    from videolavit.stages import tokenize
+
+    write_corpus(tmp_path)
+    write_tokenizers(tmp_path / "models")
+    video = load_config(profile="paper", params_file=None).video  # 20x36 motion
+    recorded = {"clip_frames": FRAMES, "motion_height": int(video.motion_height), "motion_width": int(video.motion_width)}
+    (tmp_path / "clips" / "stats.json").write_text(json.dumps({"video": recorded}))
+    paths = [f"paths.{k}={tmp_path / k}" for k in ("corpus", "clips", "tokens", "models", "metrics", "reports", "runs")]
+    cfg = load_config(overrides=[*paths, "tracking.enabled=false", "tokenize.text_vocab_size=300"], params_file=None)
+    with pytest.raises(ConfigError, match=rf"tokenize\.motion_tokenizer_path.*reads {FRAMES}x4x6 .*hold {FRAMES}x20x36"):
+        tokenize.run(cfg)
+    assert not list((tmp_path / "tokens").glob("*.jsonl"))

@@ -70,6 +70,23 @@ def check_clip_settings(cfg: Any, fields: Iterable[str]) -> None:
             )
 
 
+def check_motion_model(clips_dir: str, model: Any, where: str, key: str) -> None:
+    """Raise ConfigError when a trained motion tokenizer (``model``, loaded from ``where`` = config ``key``) reads
+    another motion grid than the clips in ``clips_dir`` hold (their recorded clip_frames, motion_height/width)."""
+    recorded = recorded_settings(str(clips_dir))
+    names = ("clip_frames", "motion_height", "motion_width")
+    if not recorded or not all(n in recorded for n in names):
+        return
+    clips = tuple(int(recorded[n]) for n in names)
+    reads = (int(model.frames), int(model.height), int(model.width))
+    if clips != reads:
+        raise ConfigError(
+            f"the motion tokenizer at '{where}' ({key}) reads {'x'.join(map(str, reads))} motion (T x H x W) but the "
+            f"clips in '{clips_dir}' hold {'x'.join(map(str, clips))} (video.clip_frames x motion_height x "
+            "motion_width of their stats.json): train it on these clips, or point the key at one that was"
+        )
+
+
 def _plain(value: Any) -> Any:
     from omegaconf import ListConfig, OmegaConf
 

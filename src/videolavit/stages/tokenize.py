@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from videolavit import tracking
 from videolavit.config import section_kwargs
+from videolavit.data.clip_settings import check_motion_model
 from videolavit.data.manifest import INSTRUCT_FILE, SPLITS, iter_manifest_share, read_instruct, read_manifest
 from videolavit.data.shards import clip_shard_urls
 from videolavit.data.token_parts import (
@@ -295,6 +296,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     shard_i, shard_n = parse_shard(tk.shard) if tk.get("shard") else (0, 1)
     accelerator = str(cfg.compute.accelerator)
     media = MediaTokenizer(cfg, "cuda" if accelerator in ("gpu", "cuda", "auto") and torch.cuda.is_available() else "cpu")
+    check_motion_model(cfg.paths.clips, media.motion, media.paths["motion_tokenizer"], "tokenize.motion_tokenizer_path")
     tokens_dir.mkdir(parents=True, exist_ok=True)
     _clear_outputs(tokens_dir, parts=not tk.get("shard"))
     text_tokenizer, text_source = _text_tokenizer(cfg, tokens_dir, reuse=bool(tk.get("shard")))
