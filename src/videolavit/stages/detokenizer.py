@@ -40,7 +40,7 @@ from videolavit.evaluation.recon import score_detokenizers
 from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.visual_tokenizer import VisualTokenizer
 from videolavit.runner import seed_everything, stage_entry
-from videolavit.training.detokenizer import DetokenizerModule, FrozenTokenizers
+from videolavit.training.detokenizer import DetokenizerModule, FrozenTokenizers, run_groups
 from videolavit.training.required import require_pretrained
 from videolavit.training.topology import micro_batch
 from videolavit.training.checkpoints import fit as fit_from
@@ -234,17 +234,21 @@ def load_start_weights(model, folder: Path) -> int:
     return len(theirs)
 
 
-def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
-    """Train (or resume) both detokenizers, save them, and return the held-out metrics."""
-    require_pretrained(cfg, STAGE)  # before any artifact is read: a missing pretrained part names its key
-    seed_everything(int(cfg.seed))
+def _run_config(cfg: DictConfig, group: tuple[str, ...]) -> DictConfig:
+    """The config of one separate run: ``detokenizer.models`` = the run's models (its checkpoints and their integrity
+    record follow it)."""
+    from omegaconf import OmegaConf, open_dict
+
+    run_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
+    with open_dict(run_cfg):
+        run_cfg.detokenizer.models = list(group)
+    return run_cfg
+
+
+def _train_run(cfg: DictConfig, models: tuple[str, ...], tokenizers: FrozenTokenizers, cond_motion: str,
+               callbacks: Optional[list]) -> tuple[DetokenizerModule, Any, float]:
+    """Build, (resume and) train one run's module over ``models``: (module, trainer, training seconds)."""
     stage_cfg, train_cfg = cfg.detokenizer, cfg.detokenizer.train
-    models = stage_models(cfg)
-    cond_motion = condition_motion(cfg)
-    # the motion tokenizer is always needed: val/video_psnr is scored from motion tokens
-    tokenizers = load_tokenizers(cfg, models, need_motion="video" in models)
-    records = read_eval_clips(cfg)
-    _check_clips(cfg, records, tokenizers)
     kf_kwargs = (keyframe_kwargs(cfg, tokenizers.visual.target_dim, tokenizers.visual.num_patches)
                  if "keyframe" in models else None)
     v_kwargs = video_kwargs(cfg) if "video" in models else None
@@ -270,16 +274,41 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     ckpt_path = resume_checkpoint(cfg, STAGE, train_cfg.resume)
     started = time.perf_counter()
     fit_from(trainer, module, datamodule, ckpt_path, STAGE)
-    train_seconds = time.perf_counter() - started
+    return module, trainer, time.perf_counter() - started
+
+
+def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
+    """Train (or resume) both detokenizers, save them, and return the held-out metrics."""
+    require_pretrained(cfg, STAGE)  # before any artifact is read: a missing pretrained part names its key
+    seed_everything(int(cfg.seed))
+    stage_cfg = cfg.detokenizer
+    models = stage_models(cfg)
+    cond_motion = condition_motion(cfg)
+    # the motion tokenizer is always needed: val/video_psnr is scored from motion tokens
+    tokenizers = load_tokenizers(cfg, models, need_motion="video" in models)
+    records = read_eval_clips(cfg)
+    _check_clips(cfg, records, tokenizers)
+    trained, train_seconds = {}, 0.0
+    for group in run_groups(models, stage_cfg.runs):  # joint: one run of every model; separate: one run each
+        run_cfg = _run_config(cfg, group) if tuple(group) != tuple(models) else cfg
+        if trained:
+            seed_everything(int(cfg.seed))  # each separate run starts as if it were the first
+        module, trainer, seconds = _train_run(run_cfg, group, tokenizers, cond_motion, callbacks)
+        trained.update({part: module for part in group})
+        train_seconds += seconds
 
     out_dir = artifact_dir(cfg, STAGE)
-    keyframe = module.keyframe.eval() if module.keyframe is not None else None
-    video = module.video.eval() if module.video is not None else None
+    keyframe = trained["keyframe"].keyframe.eval() if "keyframe" in trained else None
+    video = trained["video"].video.eval() if "video" in trained else None
     if trainer.is_global_zero:
         for name, model in (("keyframe", keyframe), ("video", video)):
             if model is not None:
                 model.save_pretrained(out_dir / name)
-    device = module.device
+    # Lightning moves a module to the CPU when fit ends: score on the device training ran on
+    device = trainer.strategy.root_device
+    for model in (keyframe, video):
+        if model is not None:
+            model.to(device)
     tokenizers.to(device)
     started = time.perf_counter()
     metrics, rendered = score_detokenizers(keyframe, video, tokenizers, records, stage_cfg.eval, int(cfg.seed), device)
@@ -291,7 +320,8 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
         )
         for path in samples:
             tracking.active().log_artifact(path, "samples")
-    metrics.update(module.last_losses)
+    for part_module in {id(m): m for m in trained.values()}.values():
+        metrics.update(part_module.last_losses)  # separate runs: each its own train/loss; the last run's is kept
     metrics.update(
         {
             "global_step": float(trainer.global_step),

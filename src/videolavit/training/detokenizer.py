@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from videolavit.data.pixels import frames_to_unit
-from videolavit.errors import MissingArtifactError
+from videolavit.errors import ConfigError, MissingArtifactError
 from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
 from videolavit.models.motion_tokenizer import MotionTokenizer
 from videolavit.models.video_detokenizer import VideoDetokenizer
@@ -19,6 +19,16 @@ from videolavit.training.optim import adamw_with_cosine, decay_groups
 from videolavit.training.trainer import ResumableRNG, TrainLoss
 
 NO_DECAY = ("embedding",)  # position tables of the motion encoder
+RUNS = ("separate", "joint")
+
+
+def run_groups(models, runs: str) -> list[tuple[str, ...]]:
+    """The training runs of the stage: ``joint`` one module holding every model in ``models`` (their memory adds up),
+    ``separate`` one run per model in turn (the paper-scale way: each fits a GPU where both do not)."""
+    if str(runs) not in RUNS:
+        raise ConfigError(f"detokenizer.runs must be one of {list(RUNS)}, got {runs!r}")
+    models = tuple(str(m) for m in models)
+    return [models] if str(runs) == "joint" or len(models) == 1 else [(m,) for m in models]
 
 
 class FrozenTokenizers:

@@ -122,6 +122,10 @@ def _lm_runs(cfg, stage: str, micro: int, precision: str, depth: Optional[int] =
 
     with torch.device("meta"):
         full = build_lm(PAPER_VOCAB, arch)
+    block = sum(p.numel() for p in full.model.layers[0].parameters())
+    # FSDP's wrap units: the decoder blocks, and the root (embedding, head, final norm) unsharded through the step;
+    # the running block and the prefetched next one gathered, one block's full gradient before its reduce-scatter
+    units = {"gathered": full.num_parameters() - layers * block + 2 * block, "grad_unit": block}
     roles = lm_param_roles(full)
     groups = lm_groups(full, roles)
     opt = {"decay": len(groups[(False, True)]) + len(groups[(True, True)]),
@@ -130,7 +134,7 @@ def _lm_runs(cfg, stage: str, micro: int, precision: str, depth: Optional[int] =
     def activations() -> tuple[int, str]:
         one, two = activation_peak(build(1), step), activation_peak(build(2), step)
         return one + (layers - 1) * (two - one), f"FakeTensorMode, depth cut 1 and 2 of {layers} blocks, per-block scaled"
-    return [(stage, full, opt, activations)]
+    return [(stage, full, opt, activations, 0, units)]
 
 
 def _motion_runs(cfg, micro: int, precision: str):
@@ -161,7 +165,7 @@ def _motion_runs(cfg, micro: int, precision: str):
     with torch.device("meta"):
         full = MotionTokenizer(**kwargs)
     return [("motion_tokenizer", full, _decay_counts(full.named_parameters()),
-             lambda: (activation_peak(make, step), "FakeTensorMode, full depth"))]
+             lambda: (activation_peak(make, step), "FakeTensorMode, full depth"), 0, None)]
 
 
 # SD/SDXL's and SVD's VAE shapes (4 latent channels, 8× down-sampling): the stand-in a plan uses when vae_dir is not
@@ -170,7 +174,7 @@ _VAE = {"down_block_types": ["DownEncoderBlock2D"] * 4, "block_out_channels": [1
         "layers_per_block": 2, "latent_channels": 4}
 
 
-def _shape_vae(video: bool):
+def shape_vae(video: bool):
     import diffusers
 
     if video:
@@ -181,87 +185,105 @@ def _shape_vae(video: bool):
 
 
 def _detokenizer_runs(cfg, micro: int, precision: str, kwargs: dict):
-    """Keyframe and video detokenizer, each its own run, in latent space (a VAE of SD's / SVD's shape)."""
+    """The detokenizers in latent space (a VAE of SD's / SVD's shape), one row per run the stage trains
+    (``detokenizer.runs``: separate, one per model; joint, both in one module, their memory adding up). The frozen
+    tokenizers the stage keeps on the GPU are counted apart."""
     import torch
 
+    from videolavit.config import section_kwargs
     from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
+    from videolavit.models.motion_tokenizer import MotionTokenizer
     from videolavit.models.video_detokenizer import VideoDetokenizer
+    from videolavit.models.visual_tokenizer import VisualTokenizer
 
     d = cfg.detokenizer
-    part = getattr(d.train, "part", None)
-    parts = [part] if part in ("keyframe", "video") else [str(m) for m in d.models]
+    parts = [str(m) for m in d.models]
     vt = cfg.visual_tokenizer.model
     cond_dim, cond_tokens = int(vt.width), (int(vt.image_size or 224) // int(vt.patch_size)) ** 2  # every patch kept
     mixed = precision.startswith("bf16")
+    makers, steps, frozen = {}, {}, 0
+    with torch.device("meta"):  # the frozen tokenizers the stage loads to the GPU (fp32), as shapes
+        if "keyframe" in parts:
+            frozen += sum(p.numel() for p in VisualTokenizer(**{**kwargs["visual_tokenizer"](cfg), "teacher_path": None}).parameters())
+        if "video" in parts:
+            frozen += sum(p.numel() for p in MotionTokenizer(**section_kwargs(cfg.motion_tokenizer.model)).parameters())
+    if "keyframe" in parts:
+        args = {**kwargs["keyframe"](cfg, cond_dim), "vae_dir": None}
+        H, W = args["image_size"]
+        makers["keyframe"] = lambda args=args: KeyframeDetokenizer(**args, vae=shape_vae(False)).train()
+
+        def keyframe_step(model, H=H, W=W):
+            return model.training_loss(torch.zeros(micro, 3, H, W), torch.zeros(micro, cond_tokens, cond_dim))
+        steps["keyframe"] = keyframe_step
+    if "video" in parts:
+        args = {**kwargs["video"](cfg), "vae_dir": None}
+        T, H, W = args["frames"], args["height"], args["width"]
+        h, w = int(cfg.video.motion_height), int(cfg.video.motion_width)
+        makers["video"] = lambda args=args: VideoDetokenizer(**args, vae=shape_vae(True)).train()
+
+        def video_step(model, T=T, H=H, W=W, h=h, w=w):
+            return model.training_loss(torch.zeros(micro, T, 3, H, W), torch.zeros(micro, 3, H, W),
+                                       torch.zeros(micro, 2, T, h, w))
+        steps["video"] = video_step
+
+    from videolavit.training.detokenizer import run_groups
+
     runs = []
-    for name in parts:
-        if name == "keyframe":
-            args = {**kwargs["keyframe"](cfg, cond_dim), "vae_dir": None}
-            H, W = args["image_size"]
+    for group in run_groups(parts, d.runs):  # the runs the stage trains (detokenizer.runs: separate | joint)
+        def make(group=group):  # the module the run trains: one model, or both side by side
+            return torch.nn.ModuleDict({name: makers[name]() for name in group})
 
-            def make(args=args):
-                return KeyframeDetokenizer(**args, vae=_shape_vae(False)).train()
+        def step(model, group=group):  # one micro batch: the sum of the run's losses, every graph alive at backward
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+                return sum(steps[name](model[name]) for name in group)
 
-            def step(model, H=H, W=W):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
-                    return model.training_loss(torch.zeros(micro, 3, H, W), torch.zeros(micro, cond_tokens, cond_dim))
-        else:
-            args = {**kwargs["video"](cfg), "vae_dir": None}
-            T, H, W = args["frames"], args["height"], args["width"]
-            h, w = int(cfg.video.motion_height), int(cfg.video.motion_width)
-
-            def make(args=args):
-                return VideoDetokenizer(**args, vae=_shape_vae(True)).train()
-
-            def step(model, T=T, H=H, W=W, h=h, w=w):
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
-                    return model.training_loss(torch.zeros(micro, T, 3, H, W), torch.zeros(micro, 3, H, W),
-                                               torch.zeros(micro, 2, T, h, w))
         with torch.device("meta"):
             model = make()
-        trainable = {id(p) for p in model.trainable_parameters()}
-        for p in model.parameters():
-            p.requires_grad_(id(p) in trainable)
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        runs.append((name, model, _decay_counts(named),
-                     lambda make=make, step=step: (activation_peak(make, step), "FakeTensorMode, full depth, SD/SVD-shaped VAE")))
+        named = []
+        for name in group:
+            trainable = {id(p) for p in model[name].trainable_parameters()}
+            for n, p in model[name].named_parameters():
+                p.requires_grad_(id(p) in trainable)
+                if p.requires_grad:
+                    named.append((n, p))
+        note = "FakeTensorMode, full depth, SD/SVD-shaped VAE" + (", both models in one run" if len(group) > 1 else "")
+        runs.append(("+".join(group), model, _decay_counts(named),
+                     lambda make=make, step=step, note=note: (activation_peak(make, step), note), frozen, None))
     return runs
 
 
 def _static_runs(cfg, stage: str, kwargs: dict):
-    """Stages whose fake forward is not wired here yet: parameter counts and static memory only. ``kwargs``: the
-    stages' model-argument functions (``visual_tokenizer``, ``keyframe``, ``video``), passed in by the CLI."""
+    """Stages whose fake forward is not wired here yet (the visual tokenizer): parameter counts and static memory.
+    ``kwargs``: the stages' model-argument functions (``visual_tokenizer``, ``keyframe``, ``video``), from the CLI."""
     import torch
 
-    runs = []
-    if stage == "visual_tokenizer":
-        from videolavit.models.visual_tokenizer import VisualTokenizer
+    from videolavit.models.visual_tokenizer import VisualTokenizer
 
-        with torch.device("meta"):
-            model = VisualTokenizer(**kwargs["visual_tokenizer"](cfg))
-        runs.append(("visual_tokenizer", model, _decay_counts(model.named_parameters()), None))
-    if stage == "detokenizer":
-        keyframe_kwargs, video_kwargs = kwargs["keyframe"], kwargs["video"]
-        parts = [str(m) for m in cfg.detokenizer.models]
-        part = getattr(cfg.detokenizer.train, "part", None)
-        if part in ("keyframe", "video"):
-            parts = [part]
-        for name in parts:
-            with torch.device("meta"):
-                if name == "keyframe":
-                    from videolavit.models.keyframe_detokenizer import KeyframeDetokenizer
+    with torch.device("meta"):
+        model = VisualTokenizer(**{**kwargs["visual_tokenizer"](cfg), "teacher_path": None})
+    return [("visual_tokenizer", model, _decay_counts(model.named_parameters()), None, 0, None)]
 
-                    model = KeyframeDetokenizer(**{**keyframe_kwargs(cfg, 32), "vae_dir": None})
-                else:
-                    from videolavit.models.video_detokenizer import VideoDetokenizer
 
-                    model = VideoDetokenizer(**{**video_kwargs(cfg), "vae_dir": None})
-            runs.append((name, model, _decay_counts(model.named_parameters()), None))
-    return runs
+# CUDA context, NCCL and cuBLAS workspaces, allocator slack: an estimate, not measured here (no GPU)
+RUNTIME_GB = 2.0
+
+
+def strategy_buffers(strategy: str, precision: str, trainable: int, units: Optional[dict]) -> float:
+    """Bytes a strategy adds per GPU: DDP's gradient buckets (a second fp32 copy of the gradients: Lightning leaves
+    ``gradient_as_bucket_view`` off); FSDP / ZeRO's gathered wrap units in the compute dtype (``units``: parameters
+    gathered at once and the largest unit's gradient; without them the whole model is one unit, as Lightning wraps
+    a model without an auto-wrap policy)."""
+    if strategy.startswith("ddp"):
+        return 4.0 * trainable
+    if any(strategy.startswith(s) for s in SHARDED):
+        width = 2 if precision.startswith(("bf16", "16")) else 4
+        units = units or {"gathered": trainable, "grad_unit": trainable}
+        return float(width * (units["gathered"] + units["grad_unit"]))
+    return 0.0
 
 
 def plan_stage(cfg: Any, stage: str, gpu_mem_gb: float = 80.0, env=None, model_kwargs: Optional[dict] = None) -> list[dict]:
-    """One dict per training run of ``stage`` (the detokenizer: keyframe and video)."""
+    """One dict per training run of ``stage`` (the detokenizer: one per model when run separately, else joint)."""
     bp = batch_plan(cfg, stage, env)
     train = getattr(cfg, stage).train
     strategy = str(train.strategy or cfg.compute.strategy)
@@ -278,7 +300,7 @@ def plan_stage(cfg: Any, stage: str, gpu_mem_gb: float = 80.0, env=None, model_k
     world = bp.topology.world_size
     shard = world if any(strategy.startswith(s) for s in SHARDED) else 1
     out = []
-    for run, model, groups, activations in runs:
+    for run, model, groups, activations, frozen, units in runs:
         total, trainable = _counts(model)
         start = time.perf_counter()
         try:
@@ -290,19 +312,27 @@ def plan_stage(cfg: Any, stage: str, gpu_mem_gb: float = 80.0, env=None, model_k
             "grads": 4 * trainable / shard / GB,
             "optimizer": 8 * trainable / shard / GB,  # AdamW exp_avg + exp_avg_sq, fp32
             "activations": act / GB if act is not None else None,
+            "strategy_buffers": strategy_buffers(strategy, precision, trainable, units) / GB,
+            "frozen": 4 * frozen / GB,  # frozen tokenizers on the GPU (the detokenizer's conditions)
+            "runtime": RUNTIME_GB,
         }
         memory["total"] = sum(v for v in memory.values() if v is not None) if act is not None else None
+        fits = (memory["total"] <= gpu_mem_gb) if memory["total"] is not None else None
+        advice = []
+        if fits is False and stage == "detokenizer" and "+" in run:
+            advice.append("train the detokenizers as separate runs: detokenizer.runs=separate")
         out.append({
             "stage": stage, "run": run, "launcher": bp.topology.launcher, "world_size": world,
             "num_nodes": bp.topology.num_nodes, "devices_per_node": bp.topology.devices_per_node,
             "micro_batch": bp.micro_batch, "accumulate_grad_batches": bp.accumulate_grad_batches,
             "global_batch": bp.global_batch, "strategy": strategy, "precision": precision,
-            "params_total": total, "params_trainable": trainable, "optimizer_groups": groups,
+            "params_total": total, "params_trainable": trainable, "params_frozen_elsewhere": frozen,
+            "optimizer_groups": groups,
             "memory_gb": {k: (round(v, 2) if v is not None else None) for k, v in memory.items()},
             "activations_method": method, "measure_seconds": round(time.perf_counter() - start, 2),
-            "gpu_mem_gb": float(gpu_mem_gb),
-            "fits": (memory["total"] <= gpu_mem_gb) if memory["total"] is not None else None,
-            "missing_before_training": [x for x in missing if stage != "detokenizer" or x.startswith(f"detokenizer.{run}.")],
+            "gpu_mem_gb": float(gpu_mem_gb), "fits": fits, "advice": advice,
+            "missing_before_training": [x for x in missing if stage != "detokenizer"
+                                        or any(x.startswith(f"detokenizer.{m}.") for m in run.split("+"))],
         })
     return out
 
@@ -317,7 +347,9 @@ def format_plan(row: dict) -> str:
         f"  parameters {row['params_total']:,} ({row['params_trainable']:,} trainable); optimizer groups "
         f"decay {row['optimizer_groups']['decay']}, no decay {row['optimizer_groups']['no_decay']}",
         f"  per GPU (GB): weights {m['weights']}, grads {m['grads']}, optimizer {m['optimizer']}, activations "
-        f"{m['activations']} ({row['activations_method']}), total {m['total']} vs {row['gpu_mem_gb']:g}: {verdict}",
+        f"{m['activations']} ({row['activations_method']}), {row['strategy']} buffers {m['strategy_buffers']}, frozen "
+        f"{m['frozen']}, runtime {m['runtime']} (estimate), total {m['total']} vs {row['gpu_mem_gb']:g}: {verdict}",
     ]
+    lines += [f"  advice: {x}" for x in row.get("advice", [])]
     lines += [f"  missing before training: {x}" for x in row["missing_before_training"]]
     return "\n".join(lines)
