@@ -58,7 +58,8 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     out_dir = artifact_dir(cfg, STAGE)
     if trainer.is_global_zero:
         model.save_pretrained(out_dir)
-    metrics = evaluate(model, datamodule.val_dataloader(), "val")
+    # saved from the CPU (where Lightning leaves the module after fit); scored on the device training ran on
+    metrics = evaluate(model.to(trainer.strategy.root_device), datamodule.val_dataloader(), "val")
     metrics.update(
         {
             "global_step": float(trainer.global_step),
