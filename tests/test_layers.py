@@ -6,7 +6,8 @@ Order (a module may import its own level or below, never above):
     1 video        codec level: PyAV + numpy, no torch; takes its config section as an argument
     2 data
     3 models, metrics      nn.Modules / torchmetrics Metrics over tensors (metrics feed evaluation and validation)
-    4 training, inference, evaluation, and beside them the stage plumbing they share: tracking (MLflow), runner
+    4 training, inference, evaluation, and beside them the stage plumbing they share: tracking (MLflow; tracking_worker
+      its helper process), runner
       (one stage run: tracking + metrics file), artifacts (trained-artifact paths), convert (released weights),
       report (tables and figures from the runs)
     5 stages       one thin file per DVC stage; no stage imports another
@@ -34,7 +35,7 @@ LEVELS = {
     "video": 1,
     "data": 2,
     "models": 3, "metrics": 3,
-    "training": 4, "inference": 4, "evaluation": 4, "tracking": 4, "runner": 4, "artifacts": 4, "convert": 4,
+    "training": 4, "inference": 4, "evaluation": 4, "tracking": 4, "tracking_worker": 4, "runner": 4, "artifacts": 4, "convert": 4,
     "report": 4,
     "stages": 5,
     "sweep": 6,

@@ -26,6 +26,9 @@ def run_stage(stage: str, overrides: Sequence[str] = (), profile: Optional[str] 
     from videolavit.config import load_config
 
     cfg = load_config(profile=profile, stage=stage, overrides=overrides)
+    from videolavit.tracking_worker import prestart
+
+    prestart(cfg, stage)  # MLflow imported and its store opened in a helper process, beside the stage's imports
     return _stage_module(stage).run(cfg)
 
 

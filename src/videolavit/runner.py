@@ -108,12 +108,10 @@ def write_plots(cfg: DictConfig, stage: str, run: "tracking.Run") -> list[Path]:
         old.unlink()
     if not run.enabled:
         return []
-    client = run.client()
     written = []
-    for key in sorted(client.get_run(run.run_id).data.metrics):
+    for key, history in run.metric_histories().items():
         if key in NOT_CURVES:
             continue
-        history = sorted({m.step: m.value for m in client.get_metric_history(run.run_id, key)}.items())
         if len(history) < 2:
             continue
         out = folder / (key.replace("/", "_").replace(" ", "_") + ".csv")

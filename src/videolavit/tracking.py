@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from videolavit.errors import VideolavitError
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 _ACTIVE: Optional["Run"] = None
 
@@ -204,6 +206,24 @@ class Run:
             client.log_artifact(self.run_id, str(p), artifact_path)
 
 
+    def metric_histories(self) -> dict[str, list[tuple[int, float]]]:
+        """Every metric the run logged: ``{key: [(step, value), ...]}`` by step (the last value of a repeated step)."""
+        if not self.enabled:
+            return {}
+        client = self.client()
+        keys = sorted(client.get_run(self.run_id).data.metrics)
+        return {k: sorted({m.step: m.value for m in client.get_metric_history(self.run_id, k)}.items()) for k in keys}
+
+    def end(self, status: str) -> None:
+        """Terminate the run: FINISHED, FAILED or KILLED."""
+        if self.enabled:
+            self.client().set_terminated(self.run_id, status)
+
+
+class TrackingError(VideolavitError):
+    """The MLflow side of a run failed (e.g. its helper process died)."""
+
+
 def _is_number(v: Any) -> bool:
     try:
         float(v)
@@ -222,9 +242,10 @@ def start_run(cfg: Any, stage: str, tags: Optional[Mapping[str, Any]] = None, ne
     """Open one MLflow run for ``stage``: config as params, tags git sha / stage / profile / dvc.lock hash / PID.
 
     The run ends FINISHED on success, KILLED when a signal stopped the stage, FAILED when it raised (the exception
-    propagates). Runs of this stage left RUNNING by a process that no longer exists are marked KILLED first.
+    propagates). Runs of this stage left RUNNING by a process that no longer exists are marked KILLED first. After
+    ``tracking_worker.prestart`` for this stage, the MLflow side runs in that helper process.
     """
-    global _ACTIVE
+    global _ACTIVE, _PRESTARTED
     from videolavit.config import to_flat_dict
 
     if not cfg.tracking.enabled:
@@ -235,13 +256,33 @@ def start_run(cfg: Any, stage: str, tags: Optional[Mapping[str, Any]] = None, ne
             _ACTIVE = previous
         return
 
-    from mlflow.entities import Param, RunStatus
+    all_tags = run_tags(cfg, stage, tags, nested)
+    params = {k: "" if v is None else str(v)[:6000] for k, v in to_flat_dict(cfg).items()}
+    worker, _PRESTARTED = (_PRESTARTED[1] if _PRESTARTED and _PRESTARTED[0] == stage and not nested else None), None
+    if worker is not None:  # a tracking_worker.Worker: its create_run answers a Run whose calls go to the helper
+        run: Run = worker.create_run(stage, all_tags, params, tracking_uri(cfg))
+    else:
+        uri = tracking_uri(cfg)
+        relocate_artifact_roots(uri)  # before the store is used: a copied project's artifacts stay in the copy
+        client, experiment_id = open_store(uri, cfg.tracking.experiment)
+        mark_training_experiment(client, experiment_id)
+        run = create_run(client, experiment_id, uri, stage, all_tags, params)
+    previous, _ACTIVE = _ACTIVE, run
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    except BaseException as exc:
+        if _stopped_by_signal(exc):
+            status = "KILLED"
+        raise
+    finally:
+        _ACTIVE = previous
+        run.end(status)
 
-    uri = tracking_uri(cfg)
-    relocate_artifact_roots(uri)  # before the store is used: a copied project's artifacts stay in the copy
-    client, experiment_id = open_store(uri, cfg.tracking.experiment)
-    mark_training_experiment(client, experiment_id)
-    mark_dead_runs_killed(client, experiment_id, stage)
+
+def run_tags(cfg: Any, stage: str, tags: Optional[Mapping[str, Any]] = None, nested: bool = False) -> dict[str, str]:
+    """The run's tags but ``dvc_lock_hash`` (added where the run is created): provenance, process, DVC experiment."""
     sha = git_sha()
     all_tags = {
         "videolavit.stage": stage,
@@ -253,33 +294,35 @@ def start_run(cfg: Any, stage: str, tags: Optional[Mapping[str, Any]] = None, ne
         "mlflow.user": _user(),
         **process_tags(),
     }
-    lock = dvc_lock_hash(stage)
-    if lock:
-        all_tags["dvc_lock_hash"] = lock
     if nested and _ACTIVE is not None and _ACTIVE.enabled:
         all_tags["mlflow.parentRunId"] = _ACTIVE.run_id
     run_name, exp_tags = run_identity(stage, cfg.profile, cfg.tracking.run_name)
     all_tags.update(exp_tags)
     all_tags.update(tags or {})
+    all_tags.setdefault("mlflow.runName", run_name)
+    return {k: "" if v is None else str(v) for k, v in all_tags.items()}
+
+
+def create_run(client: Any, experiment_id: str, uri: str, stage: str, tags: Mapping[str, str],
+               params: Mapping[str, str]) -> Run:
+    """Mark this stage's dead runs KILLED, then create the run with its tags (+ ``dvc_lock_hash``) and params."""
+    from mlflow.entities import Param
+
+    mark_dead_runs_killed(client, experiment_id, stage)
+    tags = dict(tags)
+    lock = dvc_lock_hash(stage)
+    if lock:
+        tags["dvc_lock_hash"] = lock
     # The client API, not mlflow.start_run: the fluent call probes Databricks/IPython/git context (~0.3 s) and sets
     # tags one transaction each; here the run and its tags are one insert and the params ~4 batches.
-    mlrun = client.create_run(experiment_id, run_name=run_name, tags={k: "" if v is None else str(v) for k, v in all_tags.items()})
-    run = Run(mlrun.info.run_id, experiment_id, uri)
-    previous, _ACTIVE = _ACTIVE, run
-    status = RunStatus.to_string(RunStatus.FAILED)
-    try:
-        params = [Param(k, "" if v is None else str(v)[:6000]) for k, v in to_flat_dict(cfg).items()]
-        for i in range(0, len(params), 100):  # MLflow caps a batch at 100 params
-            client.log_batch(run.run_id, params=params[i : i + 100])
-        yield run
-        status = RunStatus.to_string(RunStatus.FINISHED)
-    except BaseException as exc:
-        if _stopped_by_signal(exc):
-            status = RunStatus.to_string(RunStatus.KILLED)
-        raise
-    finally:
-        _ACTIVE = previous
-        client.set_terminated(run.run_id, status)
+    mlrun = client.create_run(experiment_id, run_name=tags.get("mlflow.runName"), tags=tags)
+    items = [Param(k, v) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+        client.log_batch(mlrun.info.run_id, params=items[i : i + 100])
+    return Run(mlrun.info.run_id, experiment_id, uri)
+
+
+_PRESTARTED: Optional[tuple[str, Any]] = None  # (stage, tracking_worker.Worker): set by tracking_worker.prestart
 
 
 def _stopped_by_signal(exc: BaseException) -> bool:

@@ -13,10 +13,6 @@ from videolavit.errors import ConfigError
 
 
 def checkpoint_dir(cfg: DictConfig, stage: str) -> Path:
-    """``runs/<stage>/checkpoints``; a separate detokenizer run (one model): ``runs/detokenizer/<model>/checkpoints``."""
-    d = getattr(cfg, "detokenizer", None) if stage == "detokenizer" else None
-    if d is not None and str(getattr(d, "runs", "joint")) == "separate" and len(d.models) == 1:
-        return Path(cfg.paths.runs) / stage / str(d.models[0]) / "checkpoints"
     return Path(cfg.paths.runs) / stage / "checkpoints"
 
 
@@ -99,9 +95,7 @@ def make_trainer(
     loggers: list = []
     run = tracking.active()
     if run.enabled:
-        from lightning.pytorch.loggers import MLFlowLogger
-
-        loggers.append(MLFlowLogger(tracking_uri=run.uri, run_id=run.run_id, experiment_name=cfg.tracking.experiment))
+        loggers.append(tracking_logger(run))
     enable_tf32(cfg.compute.accelerator)
     progress = progress_callbacks(stage, enable_progress_bar)
     enable_progress_bar = bool(progress) and not isinstance(progress[0], PipeProgress)
@@ -126,6 +120,36 @@ def make_trainer(
     )
     kwargs.update(overrides)
     return L.Trainer(**kwargs)
+
+
+def tracking_logger(run: "tracking.Run"):
+    """A Lightning logger that logs through the stage's run (in this process or its MLflow helper process), as
+    Lightning's MLFlowLogger would (same metric names and steps), without importing MLflow here."""
+    import re
+
+    from lightning.pytorch.loggers.logger import Logger
+    from lightning.pytorch.utilities import rank_zero_only
+
+    class TrackingLogger(Logger):
+        @property
+        def name(self) -> str:
+            return str(run.experiment_id)
+
+        @property
+        def version(self) -> str:
+            return str(run.run_id)
+
+        @rank_zero_only
+        def log_hyperparams(self, params, *args, **kwargs) -> None:  # the whole config is already the run's params
+            pass
+
+        @rank_zero_only
+        def log_metrics(self, metrics, step: Optional[int] = None) -> None:
+            # MLflow allows only '_', '/', '.', '-' and ' ' besides letters and digits (MLFlowLogger's rule)
+            clean = {re.sub("[^a-zA-Z0-9_/. -]+", "", k): v for k, v in metrics.items() if not isinstance(v, str)}
+            run.log_metrics(clean, step=step)
+
+    return TrackingLogger()
 
 
 class TrainLoss:
