@@ -16,7 +16,8 @@ import os
 import signal
 import subprocess
 import sys
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 from videolavit import tracking
 
@@ -58,7 +59,7 @@ class Worker:
         self.send({"op": op, **kwargs})
         return self.receive()
 
-    def create_run(self, stage: str, tags: Mapping[str, str], params: Mapping[str, str], uri: str) -> "WorkerRun":
+    def create_run(self, stage: str, tags: Mapping[str, str], params: Mapping[str, str], uri: str) -> WorkerRun:
         opened = self.call("create", stage=stage, tags=dict(tags), params=dict(params))
         return WorkerRun(self, opened["run_id"], opened["experiment_id"], uri)
 
@@ -78,7 +79,7 @@ class WorkerRun(tracking.Run):
     def client(self):
         raise tracking.TrackingError("this run's MLflow client lives in the helper process; use the Run's methods")
 
-    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if v is not None and tracking._is_number(v)}
         if clean:
             self.worker.call("log_metrics", metrics=clean, step=step)
@@ -89,7 +90,7 @@ class WorkerRun(tracking.Run):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         self.worker.call("set_tags", tags={k: "" if v is None else str(v) for k, v in tags.items()})
 
-    def log_artifact(self, path, artifact_path: Optional[str] = None) -> None:
+    def log_artifact(self, path, artifact_path: str | None = None) -> None:
         self.worker.call("log_artifact", path=os.path.abspath(path), artifact_path=artifact_path)
 
     def metric_histories(self) -> dict[str, list[tuple[int, float]]]:
@@ -102,12 +103,15 @@ class WorkerRun(tracking.Run):
             self.worker.close()
 
 
+STAGES_WITHOUT_RUN = ("check",)  # validates the config and opens no MLflow run: a helper would import MLflow for nothing
+
+
 def prestart(cfg: Any, stage: str) -> bool:
     """Start the helper process for ``stage``'s coming ``tracking.start_run`` (the CLI calls it before importing the
     stage): it imports MLflow and opens the store while this process imports torch. Off with tracking disabled, inside
-    an active run, or with ``VIDEOLAVIT_TRACKING_WORKER=0``; returns whether it started."""
+    an active run, for :data:`STAGES_WITHOUT_RUN`, or with ``VIDEOLAVIT_TRACKING_WORKER=0``; returns whether it started."""
     active = tracking.active()
-    if not cfg.tracking.enabled or active.enabled or tracking._PRESTARTED is not None:
+    if stage in STAGES_WITHOUT_RUN or not cfg.tracking.enabled or active.enabled or tracking._PRESTARTED is not None:
         return False
     if os.environ.get("VIDEOLAVIT_TRACKING_WORKER", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
@@ -118,7 +122,7 @@ def prestart(cfg: Any, stage: str) -> bool:
 def serve(requests, reply) -> None:
     """Answer requests until ``end`` or EOF (the stage process is gone: its open run is marked KILLED)."""
     state: dict[str, Any] = {}
-    run: Optional[tracking.Run] = None
+    run: tracking.Run | None = None
     for line in requests:
         request = json.loads(line)
         op = request.pop("op")
@@ -142,7 +146,7 @@ def serve(requests, reply) -> None:
             else:  # log_metrics, log_params, set_tags, log_artifact: the in-process Run's own methods
                 getattr(run, op)(**request)
                 answer = {"ok": True}
-        except Exception as exc:  # answered, so the stage process raises it where it made the call
+        except Exception as exc:  # noqa: BLE001 - answered, so the stage process raises it where it made the call
             from videolavit.errors import VideolavitError
 
             text = str(exc) if isinstance(exc, VideolavitError) else f"{type(exc).__name__}: {exc}"
