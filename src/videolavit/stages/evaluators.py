@@ -84,7 +84,9 @@ def fit(cfg: DictConfig, callbacks: Optional[list] = None) -> dict[str, float]:
     module = module.cpu().eval()
     evaluators = CorpusEvaluators(module.classifier, module.clip)
     out_dir = evaluators.save_pretrained(artifact_dir(cfg, STAGE))
-    metrics = evaluate(module, datamodule.val_dataloader(), "val")
+    # scored on the device training ran on (Lightning leaves the module on the CPU after fit); FVD stays on the host
+    metrics = evaluate(module.to(trainer.strategy.root_device), datamodule.val_dataloader(), "val")
+    module = module.cpu()
     if module.classifier is not None:
         metrics["val/fvd_corpus_train_vs_val"] = real_fvd(module.classifier, cfg.paths.clips, int(train_cfg.batch_size))
     metrics.update(

@@ -107,9 +107,11 @@ class EvaluatorMetrics:
 
     @torch.no_grad()
     def update(self, batch: dict, classifier: Optional[VideoAttributeClassifier], clip: Optional[CorpusCLIP]) -> None:
-        frames = batch["frames"]  # [B, T, H, W, 3]
+        # on the models' device: validation batches arrive there, the post-fit loader's on the host
+        device = next(next(m for m in (classifier, clip) if m is not None).parameters()).device
+        frames = batch["frames"].to(device)  # [B, T, H, W, 3]
         if classifier is not None:
-            target = self.labels.labels(batch["meta"])  # [B, A]
+            target = self.labels.labels(batch["meta"]).to(device)  # [B, A] (made on the host from the metadata)
             logits = classifier.classify(as_videos(frames))
             for j, name in enumerate(self.labels.attributes):
                 known = target[:, j] != IGNORE_LABEL
