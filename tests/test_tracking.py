@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -103,3 +104,17 @@ def test_seeding_loads_no_torch_for_a_stage_without_it_and_seeds_it_when_loaded(
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "True", "False"]
+
+
+def test_stage_processes_send_no_mlflow_telemetry_unless_the_user_asks(monkeypatch):
+    from mlflow.telemetry.utils import is_telemetry_disabled
+
+    from videolavit.runner import quiet_third_party
+
+    monkeypatch.delenv("MLFLOW_DISABLE_TELEMETRY", raising=False)
+    monkeypatch.delenv("DO_NOT_TRACK", raising=False)
+    quiet_third_party(terminal=True)
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true" and is_telemetry_disabled()
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "false")
+    quiet_third_party(terminal=True)
+    assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "false"

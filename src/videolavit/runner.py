@@ -51,6 +51,9 @@ def quiet_third_party(terminal: bool | None = None) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # transformers' warning_once twin of the deprecation above (printed via its own logger)
     logging.getLogger("transformers.utils.generic").addFilter(lambda r: "past_key_values" not in r.getMessage())
+    # MLflow 3's usage telemetry fetches a config URL and posts events from every stage process (threads joined at
+    # exit with 1 s timeouts each): nothing leaves the machine at run time unless the user sets it otherwise
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     if terminal is None:
         terminal = sys.stderr.isatty()
     if not terminal:
