@@ -103,7 +103,8 @@ class WorkerRun(tracking.Run):
             self.worker.close()
 
 
-STAGES_WITHOUT_RUN = ("check",)  # validates the config and opens no MLflow run: a helper would import MLflow for nothing
+# no helper for these: check opens no MLflow run, report reads the runs with MLflow in its own process anyway
+STAGES_WITHOUT_RUN = ("check", "report")
 
 
 def prestart(cfg: Any, stage: str) -> bool:
