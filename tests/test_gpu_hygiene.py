@@ -166,3 +166,27 @@ def test_loaders_pin_memory_when_the_accelerator_is_cuda(accelerator, pinned, mo
     dm = ClipDataModule(cfg, fields=("motion",), batch_size=2, in_memory=True)
     dm._memory["val"] = [{"key": "a", "motion": torch.zeros(2, 3, 4, 4)}]
     assert dm.pin_memory is pinned and dm.val_dataloader().pin_memory is pinned
+
+
+def test_the_codebook_flag_is_not_read_back_after_initialisation():
+    """vector-quantize-pytorch checks ``if self.initted`` on every forward (a GPU read-back per call, in training and
+    in tokenize's encode); once initialised, the quantizer skips that check."""
+    from videolavit.models.quantizer import VectorQuantizer
+
+    calls = []
+    original = torch.Tensor.__bool__
+
+    def recording(self):
+        frame = sys._getframe(1)
+        calls.append((Path(frame.f_code.co_filename).name, frame.f_code.co_name))
+        return original(self)
+
+    vq = VectorQuantizer(8, 16, kmeans_init=True).train()
+    vq(torch.randn(2, 20, 8))  # k-means on the first batch
+    torch.Tensor.__bool__ = recording
+    try:
+        vq(torch.randn(2, 20, 8))
+        vq.encode(torch.randn(2, 20, 8))
+    finally:
+        torch.Tensor.__bool__ = original
+    assert ("vector_quantize_pytorch.py", "init_embed_") not in calls

@@ -51,6 +51,8 @@ class VectorQuantizer(nn.Module):
         self.kmeans_init_vectors = int(kmeans_init_vectors) if kmeans_init else 0
         self._pool: list[torch.Tensor] = []
         self._initted = not kmeans_init
+        self._kmeans_init = kmeans_init
+        self.register_load_state_dict_post_hook(_forget_initialised)  # a loaded codebook may be empty again
         self.vq = VectorQuantize(
             dim=dim,
             codebook_size=codebook_size,
@@ -82,15 +84,25 @@ class VectorQuantizer(nn.Module):
         codebook.replace_sample_fn = sample
         codebook._videolavit_sync = distributed
 
+    def _mark_initialised(self) -> None:
+        """From now on skip vector-quantize-pytorch's per-forward ``if self.initted`` (a GPU read-back every call)."""
+        self._initted = True
+        codebook = self.vq._codebook
+        if "init_embed_" not in codebook.__dict__:
+            codebook.init_embed_ = _initialised
+
     def _codebook_ready(self, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
         """Whether the codebook is initialised; while ``kmeans_init_vectors`` are not yet pooled over all ranks, pool
         this batch's vectors (host reads of the count happen only until then), then run k-means on the pool."""
         codebook = self.vq._codebook
-        if self._initted or bool(codebook.initted):  # initialised, or restored from a checkpoint
-            self._initted, self._pool = True, []
+        if self._initted:
             return True
         if not self.training or self.kmeans_init_vectors <= 0:
-            return True  # vector-quantize-pytorch initialises on this batch (the first-batch rule)
+            return True  # vector-quantize-pytorch initialises on this batch if empty (the first-batch rule)
+        if bool(codebook.initted):  # restored from a checkpoint (read until the pool is done or found unneeded)
+            self._mark_initialised()
+            self._pool = []
+            return True
         import torch.distributed as dist
 
         vectors = x.detach().float().reshape(-1, x.shape[-1]) if mask is None else x.detach().float()[mask.bool()]
@@ -102,7 +114,8 @@ class VectorQuantizer(nn.Module):
             return False
         pooled = codebook.transform_input(torch.cat(self._pool))[None]  # [1, P, D] (l2-normalised for cosine)
         codebook.init_embed_(pooled)  # k-means over every rank's pool (the sync hooks sample across ranks)
-        self._initted, self._pool = True, []
+        self._mark_initialised()
+        self._pool = []
         return True
 
     def _scale_dead_code_threshold(self) -> None:
@@ -129,7 +142,7 @@ class VectorQuantizer(nn.Module):
             if self.training and self.dead_code_fraction is not None:
                 self._scale_dead_code_threshold()
             quantized, codes, loss = self.vq(x, **kwargs)
-            self._initted = True  # vector-quantize-pytorch initialises on any forward that finds it empty
+            self._mark_initialised()  # vector-quantize-pytorch initialises on any forward that finds it empty
         return QuantizerOutput(quantized, codes.long(), loss.sum() if loss.numel() > 1 else loss.reshape(()))
 
     @torch.no_grad()
@@ -142,6 +155,7 @@ class VectorQuantizer(nn.Module):
             _, codes, _ = self.vq(x)
         finally:
             self.train(was_training)
+        self._mark_initialised()  # the call initialised an empty codebook, if it was one
         return codes.long()
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
@@ -152,6 +166,16 @@ class VectorQuantizer(nn.Module):
     def codebook(self) -> torch.Tensor:
         """[codebook_size, D]"""
         return self.vq.codebook
+
+
+def _forget_initialised(module: "VectorQuantizer", incompatible_keys) -> None:
+    """After a state-dict load: ask vector-quantize-pytorch's own flag again on the next forward."""
+    module._initted, module._pool = not module._kmeans_init, []
+    module.vq._codebook.__dict__.pop("init_embed_", None)
+
+
+def _initialised(data, mask=None) -> None:
+    """Stands in for ``Codebook.init_embed_`` once the codebook is initialised (it would only read ``initted``)."""
 
 
 def code_statistics(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
