@@ -27,6 +27,9 @@ class Worker:
 
     def __init__(self, prepare: Mapping[str, Any]):
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # the helper runs this very videolavit (the stage may have found it on a path its environment does not name)
+        here = os.path.dirname(os.path.dirname(os.path.abspath(tracking.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH", "")) if p)
         self.proc = subprocess.Popen([sys.executable, "-m", "videolavit.tracking_worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1, env=env)
         self.pending = 0
