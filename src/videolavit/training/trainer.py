@@ -13,6 +13,10 @@ from videolavit.errors import ConfigError
 
 
 def checkpoint_dir(cfg: DictConfig, stage: str) -> Path:
+    """``runs/<stage>/checkpoints``; a separate detokenizer run (one model): ``runs/detokenizer/<model>/checkpoints``."""
+    d = getattr(cfg, "detokenizer", None) if stage == "detokenizer" else None
+    if d is not None and str(getattr(d, "runs", "joint")) == "separate" and len(d.models) == 1:
+        return Path(cfg.paths.runs) / stage / str(d.models[0]) / "checkpoints"
     return Path(cfg.paths.runs) / stage / "checkpoints"
 
 
