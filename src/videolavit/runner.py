@@ -29,7 +29,8 @@ from videolavit import tracking
 # Lightning's hardware/tips banner, deprecations inside libraries, and library progress bars when not on a terminal.
 NOISY_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\).*",  # lightning's _pytree on torch >= 2.10
-    r"You have overridden `on_after_batch_transfer`.*",  # the detokenizer moves batches itself, on purpose
+    r"You have overridden `on_(before|after)_batch_transfer`.*",  # the detokenizer and visual tokenizer move batches
+    # themselves, on purpose (their DataModules do not define the hook)
     r".*`past_key_values` is deprecated.*",  # transformers 5 renamed it `cache`; 4.x (supported) knows only this name
     r".*does not have many workers.*",  # workers are a config choice (data.num_workers), 0 on the tiny profile
     r".*The number of training batches .* is smaller than the logging interval.*",
