@@ -79,3 +79,23 @@ def test_walker_sees_function_level_relative_lazy_and_type_checking_imports(tmp_
     finally:
         for fn in (project_imports._parse, project_imports._lazy_exports, project_imports.imports_with_lines):
             fn.cache_clear()
+
+
+def test_what_cli_imports_on_a_stages_path_is_a_dep_of_every_stage():
+    """``videolavit <stage>`` runs cli.main (lean_imports, runner), build_parser (cli_help) and run_stage
+    (tracking_worker) inside functions: editing any of them must re-run the stages; the other commands' imports
+    (generate's pipeline, sweep) are not deps of a stage."""
+    path_modules = {"src/videolavit/lean_imports.py", "src/videolavit/tracking_worker.py",
+                    "src/videolavit/runner.py", "src/videolavit/cli_help.py"}
+    for stage in STAGES:
+        assert {p for p in path_modules if not dvcdeps.covered(p, DEPS[stage])} == set(), stage
+    assert not dvcdeps.covered("src/videolavit/sweep.py", DEPS["corpus"])
+    assert "videolavit.inference.pipeline" not in dvcdeps.stage_modules("corpus")
+
+
+def test_cli_stage_path_names_functions_that_exist():
+    import ast
+
+    tree = ast.parse((dvcdeps.SRC / "videolavit" / "cli.py").read_text())
+    functions = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    assert set(dvcdeps.CLI_STAGE_PATH) <= functions

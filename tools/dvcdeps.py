@@ -9,13 +9,14 @@ function-level imports included (tools/project_imports.py), plus the config file
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from project_imports import ROOT, SRC, closure, dynamic_imports, module_path
+from project_imports import ROOT, SRC, closure, dynamic_imports, imports_with_lines, module_path
 
 DVC_YAML = ROOT / "dvc.yaml"
 CODE_PREFIX = "src/videolavit/"
@@ -25,9 +26,41 @@ CONFIG_DEPS = ("src/videolavit/conf/base.yaml", "src/videolavit/conf/profile")
 ENTRY_MODULES = ("videolavit.cli", "videolavit.config")
 
 
+# cli.py's functions on the path of ``videolavit <stage>`` (``_dispatch``'s stage branch calls only these); the
+# function-level imports of the others (generate, sweep, plan, show-motion, ...) serve other commands
+CLI_STAGE_PATH = ("main", "build_parser", "_add_common", "_stage_help", "_stage_module", "run_stage",
+                  "overrides_from_file", "stage_summary")
+
+
+def cli_stage_imports() -> set[str]:
+    """Project modules cli.py imports at module level or inside the functions of CLI_STAGE_PATH."""
+    tree = ast.parse(module_path("videolavit.cli").read_text())
+    functions = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    absent = [name for name in CLI_STAGE_PATH if name not in functions]
+    if absent:
+        raise SystemExit(f"tools/dvcdeps.py: CLI_STAGE_PATH names {absent}, not functions of cli.py: update it")
+    spans = [(n.lineno, n.end_lineno) for n in functions.values()]
+    wanted = [(functions[name].lineno, functions[name].end_lineno) for name in CLI_STAGE_PATH]
+    out = set()
+    for name, line in imports_with_lines("videolavit.cli"):
+        if not name.startswith("videolavit"):
+            continue
+        inside_any = any(a <= line <= b for a, b in spans)
+        if not inside_any or any(a <= line <= b for a, b in wanted):
+            out.add(name)
+    return out
+
+
+# modules whose function-level imports only build help texts (``--help`` of sweep, key tables): the file is a
+# stage dep (build_parser imports it on every command), what its functions import is not
+HELP_MODULES = ("videolavit.cli_help",)
+
+
 def stage_modules(stage: str) -> set[str]:
-    """Project modules ``videolavit <stage>`` may import (cli.py's own function-level imports serve other commands)."""
-    return {"videolavit.cli"} | closure(f"videolavit.stages.{stage}", *ENTRY_MODULES[1:])
+    """Project modules ``videolavit <stage>`` may import: the stage's closure, the config's, and the closure of what
+    cli.py imports on the stage's path (CLI_STAGE_PATH); the help modules themselves."""
+    roots = sorted(cli_stage_imports() - set(HELP_MODULES))
+    return {"videolavit.cli", *HELP_MODULES} | closure(f"videolavit.stages.{stage}", *ENTRY_MODULES[1:], *roots)
 
 
 def _rel(path: Path) -> str:
