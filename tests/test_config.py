@@ -109,14 +109,10 @@ def test_shipped_params_yaml_is_valid():
     assert cfg.profile in PROFILES
 
 
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
+def _flat(tree: dict) -> dict:
+    from videolavit.config import flatten
+
+    return flatten(tree, keep_empty=True)
 
 
 def _schema_values() -> dict:
@@ -217,3 +213,13 @@ def test_overrides_parse_lists_and_nesting():
 def test_flat_dict_for_mlflow_params():
     flat = to_flat_dict(load_config(params_file=None))
     assert flat["video.fps"] == 6.0 and "motion_tokenizer.model.dim" in flat
+
+
+def test_one_flattener_drops_or_keeps_empty_sections():
+    from videolavit.config import flatten
+
+    tree = {"a": {"b": 1, "c": {}, "d": {"e": None}}, "f": [1, 2]}
+    assert flatten(tree) == {"a.b": 1, "a.d.e": None, "f": [1, 2]}  # MLflow params, checkpoint fingerprints
+    assert flatten(tree, keep_empty=True) == {"a.b": 1, "a.c": {}, "a.d.e": None, "f": [1, 2]}  # config --changed
+    assert flatten(tree["a"], "x.") == {"x.b": 1, "x.d.e": None}
+    assert flatten(3, "x.") == {"x": 3}

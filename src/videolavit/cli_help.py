@@ -161,17 +161,6 @@ def add_lazy_help(parser: argparse.ArgumentParser, epilog, description=None) -> 
 # `videolavit config --changed`: the values that differ from the schema's (paper) defaults and the layer that set them
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            if isinstance(value, dict) and value:
-                out.update(_flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-    return out
-
-
 def changed_values(profile: str | None, stage: str | None, overrides: list[str],
                    params_file: str = "params.yaml") -> list[tuple[str, Any, Any, str]]:
     """``(key, value, schema default, source)`` of every key whose merged value differs from the schema default,
@@ -182,15 +171,15 @@ def changed_values(profile: str | None, stage: str | None, overrides: list[str],
     from videolavit import config as C
 
     cfg = C.load_config(profile=profile, stage=stage, overrides=overrides, params_file=params_file)
-    schema = _flat(OmegaConf.to_container(C._schema(), resolve=False))
-    final = _flat(OmegaConf.to_container(cfg, resolve=False))
+    schema = C.flatten(OmegaConf.to_container(C._schema(), resolve=False), keep_empty=True)
+    final = C.flatten(OmegaConf.to_container(cfg, resolve=False), keep_empty=True)
     name = str(cfg.profile)
     profile_path = Path(name) if Path(name).is_file() else C.CONF_DIR / "profile" / f"{name}.yaml"
     params = C._read_yaml(Path(params_file)) if Path(params_file).is_file() else {}
-    layers = [("conf/base.yaml", _flat(C._read_yaml(C.CONF_DIR / "base.yaml") or {})),
-              (f"profile {name}", _flat(C._read_yaml(profile_path) or {})),
-              (params_file, _flat(C._drop_nulls({k: v for k, v in (params or {}).items() if k != "profile"}))),
-              ("command line", _flat(C.parse_overrides(overrides)))]
+    layers = [("conf/base.yaml", C.flatten(C._read_yaml(C.CONF_DIR / "base.yaml") or {}, keep_empty=True)),
+              (f"profile {name}", C.flatten(C._read_yaml(profile_path) or {}, keep_empty=True)),
+              (params_file, C.flatten(C._drop_nulls({k: v for k, v in (params or {}).items() if k != "profile"}), keep_empty=True)),
+              ("command line", C.flatten(C.parse_overrides(overrides), keep_empty=True))]
     rows = []
     for key, value in final.items():
         if key in ("stage", "profile") or (key in schema and schema[key] == value):

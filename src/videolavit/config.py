@@ -358,19 +358,25 @@ def apply_overrides(cfg: DictConfig, overrides: Iterable[str], source: str = "ov
     return merged
 
 
+def flatten(tree: Any, prefix: str = "", keep_empty: bool = False) -> dict[str, Any]:
+    """``{"video.fps": 6.0, ...}`` from a nested dict; an empty sub-dict is dropped, or with ``keep_empty`` kept as
+    a value of its own (what ``config --changed`` shows: ``unet: {}`` differs from a default). A non-dict ``tree`` is
+    ``{prefix without its dot: tree}``. The one flattener of config trees: MLflow params, checkpoint fingerprints,
+    ``config --changed`` and the tests use it."""
+    if not isinstance(tree, dict):
+        return {prefix[:-1] if prefix.endswith(".") else prefix: tree}
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and (value or not keep_empty):
+            out.update(flatten(value, f"{prefix}{key}.", keep_empty))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def to_flat_dict(cfg: DictConfig) -> dict[str, Any]:
     """``{"video.fps": 6.0, ...}``: the flattened form logged to MLflow as params."""
-    flat: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict):
-            for k, v in node.items():
-                walk(v, f"{prefix}{k}.")
-        else:
-            flat[prefix[:-1]] = node
-
-    walk(OmegaConf.to_container(cfg, resolve=True), "")
-    return flat
+    return flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
 def section_kwargs(section: Any) -> dict[str, Any]:

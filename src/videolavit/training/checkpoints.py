@@ -11,6 +11,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from videolavit.config import flatten
 from videolavit.errors import ConfigError, StageInterrupted
 
 RECORD_SUFFIX = ".integrity.json"
@@ -37,20 +38,10 @@ def model_config(cfg: DictConfig, stage: str) -> dict[str, Any]:
     for key in MODEL_KEYS.get(stage, ()):
         value = OmegaConf.select(cfg, key)
         if isinstance(value, DictConfig):
-            for sub, v in _flatten(OmegaConf.to_container(value, resolve=True), key).items():
-                out[sub] = v
+            out.update(flatten(OmegaConf.to_container(value, resolve=True), f"{key}."))
         else:
             out[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
     return out
-
-
-def _flatten(tree: Any, prefix: str) -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for k, v in tree.items():
-            out.update(_flatten(v, f"{prefix}.{k}"))
-        return out
-    return {prefix: tree}
 
 
 def file_digest(path: str | Path) -> tuple[str, int]:
