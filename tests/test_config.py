@@ -155,12 +155,34 @@ def _unflatten(flat: dict) -> dict:
 def test_profile_files_set_only_schema_keys_and_never_repeat_a_schema_value(profile):
     # a key a profile sets to the schema's own value is a second home of that default (it would silently stay behind
     # when the schema changes); a key the schema lacks is a typo
+    # a profile that extends another must not repeat the parent's value either
+    from videolavit.config import profile_layers
+
     schema = _schema_values()
-    values = _flat(_yaml(CONF_DIR / "profile" / f"{profile}.yaml"))
+    layers = [_flat(layer) for _, layer in profile_layers(profile)]
+    values, below = layers[-1], {**schema}
+    for layer in layers[:-1]:
+        below.update(layer)
     assert values, profile
     unknown = sorted(key for key in values if key not in schema)
-    repeated = sorted(key for key, value in values.items() if key in schema and schema[key] == value)
+    repeated = sorted(key for key, value in values.items() if key in below and below[key] == value)
     assert (unknown, repeated) == ([], [])
+
+
+def test_a_profile_extends_another(tmp_path):
+    from videolavit.config import profile_layers
+
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: tiny\nmotion_tokenizer:\n  train:\n    max_steps: 7\n")
+    cfg, tiny = load_config(profile=str(child), params_file=None), load_config(params_file=None)
+    assert cfg.motion_tokenizer.train.max_steps == 7
+    paper = load_config(profile="paper", params_file=None)
+    assert cfg.video.encode_width == tiny.video.encode_width != paper.video.encode_width  # tiny's, not the schema's
+    assert [label for label, _ in profile_layers("mini")] == ["profile 'tiny'", "profile 'mini'"]
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(profile=str(loop), params_file=None)
 
 
 def test_no_config_layer_besides_base_and_the_profiles():
@@ -180,7 +202,8 @@ def test_every_shipped_yaml_validates_against_its_schema():
     for path in sorted(CONF_DIR.rglob("*.yaml")):
         kind = path.relative_to(CONF_DIR).parts[0]
         if kind in ("base.yaml", "profile"):
-            _check_keys(_schema(), _yaml(path), str(path))  # raises ConfigError on an unknown key
+            values = {k: v for k, v in _yaml(path).items() if k != "extends"}  # a profile's parent (profile_layers)
+            _check_keys(_schema(), values, str(path))  # raises ConfigError on an unknown key
         elif kind == "eval":
             protocol, label = load_protocol(str(path))
             assert label == f"{protocol.name}@{protocol.version}", path

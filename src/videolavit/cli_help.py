@@ -174,10 +174,9 @@ def changed_values(profile: str | None, stage: str | None, overrides: list[str],
     schema = C.flatten(OmegaConf.to_container(C._schema(), resolve=False), keep_empty=True)
     final = C.flatten(OmegaConf.to_container(cfg, resolve=False), keep_empty=True)
     name = str(cfg.profile)
-    profile_path = Path(name) if Path(name).is_file() else C.CONF_DIR / "profile" / f"{name}.yaml"
     params = C._read_yaml(Path(params_file)) if Path(params_file).is_file() else {}
     layers = [("conf/base.yaml", C.flatten(C._read_yaml(C.CONF_DIR / "base.yaml") or {}, keep_empty=True)),
-              (f"profile {name}", C.flatten(C._read_yaml(profile_path) or {}, keep_empty=True)),
+              *((label.replace("'", ""), C.flatten(layer, keep_empty=True)) for label, layer in C.profile_layers(name)),
               (params_file, C.flatten(C._drop_nulls({k: v for k, v in (params or {}).items() if k != "profile"}), keep_empty=True)),
               ("command line", C.flatten(C.parse_overrides(overrides), keep_empty=True))]
     rows = []

@@ -37,7 +37,7 @@ from videolavit.constraints import (
 from videolavit.errors import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
-PROFILES = ("tiny", "paper")
+PROFILES = ("tiny", "mini", "paper")
 STAGES = (
     "check",  # validates the whole config and writes params.effective.yaml, before any stage touches outputs
     "corpus",
@@ -304,6 +304,23 @@ def parse_overrides(overrides: Iterable[str]) -> dict:
     return out
 
 
+def profile_path(profile: str) -> Path:
+    return Path(profile) if Path(profile).is_file() else CONF_DIR / "profile" / f"{profile}.yaml"
+
+
+def profile_layers(profile: str, _seen: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """``[(label, values), ...]`` the profile merges over base.yaml, first to last: a profile whose file starts with
+    ``extends: <profile>`` (mini extends tiny) is that profile's layers, then its own keys."""
+    if profile in _seen:
+        raise ConfigError(f"profile '{profile}' extends itself (through {' -> '.join(_seen)})")
+    if profile not in PROFILES and not Path(profile).is_file():
+        raise ConfigError(f"unknown profile '{profile}'. Valid profiles: {', '.join(PROFILES)} (or a path to a YAML file)")
+    data = dict(_read_yaml(profile_path(profile)) or {})
+    parent = data.pop("extends", None)
+    layers = profile_layers(str(parent), (*_seen, profile)) if parent else []
+    return [*layers, (f"profile '{profile}'", data)]
+
+
 def load_config(
     profile: Optional[str] = None,
     stage: Optional[str] = None,
@@ -331,8 +348,8 @@ def load_config(
 
     cfg = _schema()
     cfg = _merge(cfg, _read_yaml(CONF_DIR / "base.yaml"), "conf/base.yaml")
-    profile_path = Path(str(profile)) if Path(str(profile)).is_file() else CONF_DIR / "profile" / f"{profile}.yaml"
-    cfg = _merge(cfg, _read_yaml(profile_path), f"profile '{profile}'")
+    for label, layer in profile_layers(str(profile)):
+        cfg = _merge(cfg, layer, label)
     if params:
         _check_keys(cfg, params, str(params_file))  # before dropping nulls: a typo'd key set to null is still a typo
         params = _drop_nulls(dict(params))
