@@ -52,6 +52,15 @@ def _tiny():
     return load_config(profile="tiny", params_file=None)
 
 
+def _second_step_reads_nothing_back(module, batch) -> None:
+    """The first step may read back once (label ids checked, a codebook's k-means flag); the second must not, and the
+    loss it records for the logs equals the loss it returned."""
+    module.training_step(batch, 0)
+    with no_host_readback():
+        loss = module.training_step(batch, 1)
+    assert module.last_train_loss == pytest.approx(float(loss))
+
+
 def test_lm_training_step_makes_no_host_readback():
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -64,11 +73,7 @@ def test_lm_training_step_makes_no_host_readback():
     module = LanguageModelModule(model, vocab, {"lr": 1e-3, "weight_decay": 0.1, "betas": [0.9, 0.95], "eps": 1e-8,
                                                 "warmup_steps": 1}, 10)
     ids = torch.randint(0, vocab.size, (2, 12))
-    batch = {"input_ids": ids, "labels": ids}
-    module.training_step(batch, 0)  # the first batch checks its label ids (one read-back)
-    with no_host_readback():
-        loss = module.training_step(batch, 1)
-    assert module.last_train_loss == pytest.approx(float(loss))
+    _second_step_reads_nothing_back(module, {"input_ids": ids, "labels": ids})  # step 1 checks the label ids
 
 
 def test_motion_tokenizer_training_step_makes_no_host_readback():
@@ -78,10 +83,7 @@ def test_motion_tokenizer_training_step_makes_no_host_readback():
     kwargs = section_kwargs(cfg.motion_tokenizer.model)
     module = MotionTokenizerModule(kwargs, section_kwargs(cfg.motion_tokenizer.optim), 10, cfg.video)
     motion = torch.randn(2, 2, kwargs["frames"], kwargs["height"], kwargs["width"])
-    module.training_step({"key": ["a", "b"], "motion": motion}, 0)  # k-means init: the codebook's flag read once
-    with no_host_readback():
-        loss = module.training_step({"key": ["a", "b"], "motion": motion}, 1)
-    assert module.last_train_loss == pytest.approx(float(loss))
+    _second_step_reads_nothing_back(module, {"key": ["a", "b"], "motion": motion})  # step 1: k-means init
 
 
 def test_visual_tokenizer_training_step_makes_no_host_readback():
@@ -93,10 +95,7 @@ def test_visual_tokenizer_training_step_makes_no_host_readback():
     module = VisualTokenizerModule(kwargs, section_kwargs(cfg.visual_tokenizer.optim), 10)
     size = kwargs["image_size"]
     images = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8)
-    module.training_step({"key": ["a", "b"], "image": images}, 0)  # k-means init: the codebook's flag read once
-    with no_host_readback():
-        loss = module.training_step({"key": ["a", "b"], "image": images}, 1)
-    assert module.last_train_loss == pytest.approx(float(loss))
+    _second_step_reads_nothing_back(module, {"key": ["a", "b"], "image": images})  # step 1: k-means init
 
 
 def test_detokenizer_training_step_makes_no_host_readback():
