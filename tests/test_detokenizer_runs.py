@@ -6,14 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_detokenizer_stage import FAST, write_clips, write_tokenizers
-
-
-@pytest.fixture
-def workspace(tmp_path):
-    write_clips(tmp_path / "clips")
-    write_tokenizers(tmp_path / "models")
-    return tmp_path
+from test_detokenizer_stage import FAST, workspace  # noqa: F401  (the fixture: clips and tokenizers in tmp_path)
 
 
 def test_separate_runs_train_each_model_with_its_own_checkpoints(tiny_cfg_factory, workspace):
