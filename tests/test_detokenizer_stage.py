@@ -191,6 +191,12 @@ def test_the_video_model_can_train_on_every_nth_step_and_fewer_clips(tiny_cfg_fa
     ))
     assert metrics["global_step"] == 4 and calls == [1, 1]  # steps 0 and 2, one clip each; the keyframe model: 4 × 2
     assert np.isfinite(metrics["train/video_loss"]) and np.isfinite(metrics["val/video_psnr"])
+    calls.clear()  # a video-only run has nothing else to train: every step is a video step (was: a loss of int 0)
+    metrics = fit(tiny_cfg_factory(
+        *FAST, "tracking.enabled=false", "detokenizer.models=[video]", "detokenizer.train.max_steps=3",
+        "detokenizer.train.val_every_n_steps=3", "detokenizer.video_every_n_steps=4", "paths.runs=runs_video_only",
+    ))
+    assert metrics["global_step"] == 3 and calls == [1, 1, 1] and np.isfinite(metrics["train/video_loss"])
 
 
 class _Repeat:

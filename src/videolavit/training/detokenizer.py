@@ -142,9 +142,11 @@ class DetokenizerModule(TrainLoss, ResumableRNG, L.LightningModule):
         return out
 
     def video_steps_now(self) -> bool:
-        """Whether this batch trains the video model: always in validation, else every ``video_every_n_steps``-th
-        step (on the other steps its parameters get no gradient, so AdamW leaves them and their moments alone)."""
-        return not self.training or self.global_step % self.video_every_n_steps == 0
+        """Whether this batch trains the video model: always in validation or when it is the only model (a
+        video-only run, ``detokenizer.models=[video]`` or the video run of ``runs=separate``), else every
+        ``video_every_n_steps``-th step (on the other steps its parameters get no gradient, so AdamW leaves them and
+        their moments alone)."""
+        return not self.training or self.keyframe is None or self.global_step % self.video_every_n_steps == 0
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         losses = self.losses(batch)
