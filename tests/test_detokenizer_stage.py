@@ -194,7 +194,7 @@ def test_the_video_model_can_train_on_every_nth_step_and_fewer_clips(tiny_cfg_fa
     calls.clear()  # a video-only run has nothing else to train: every step is a video step (was: a loss of int 0)
     metrics = fit(tiny_cfg_factory(
         *FAST, "tracking.enabled=false", "detokenizer.models=[video]", "detokenizer.train.max_steps=3",
-        "detokenizer.train.val_every_n_steps=3", "detokenizer.video_every_n_steps=4", "paths.runs=runs_video_only",
+        "detokenizer.train.val_every_n_steps=3", "detokenizer.video_every_n_steps=4", f"paths.runs={workspace / 'runs_video_only'}",
     ))
     assert metrics["global_step"] == 3 and calls == [1, 1, 1] and np.isfinite(metrics["train/video_loss"])
 
